@@ -1,0 +1,254 @@
+//! The HTTP API (axum): health, metrics, cameras, snapshots and clips.
+//!
+//! Errors are `{"error": {"code", "message"}}` with the matching status; lists are
+//! `{"items": [...], "next_cursor": ...}`; times are RFC 3339.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::bus::Bus;
+use crate::edge::status::CameraRegistry;
+use crate::store::{ObjectStore, clip_key, parse_clip_id};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Camera state.
+    pub registry: Arc<CameraRegistry>,
+    /// Clips and snapshots.
+    pub store: ObjectStore,
+    /// The bus, for readiness.
+    pub bus: Bus,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// An API error: status, stable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/cameras", get(list_cameras))
+        .route("/v1/cameras/{id}", get(get_camera))
+        .route("/v1/cameras/{id}/snapshot", get(get_snapshot))
+        .route("/v1/clips", get(list_clips))
+        .route("/v1/clips/{id}", get(get_clip))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let store_ok = s.store.spool_dir().is_dir();
+    let bus_ok = s.bus.is_ready();
+    let body = serde_json::json!({ "bus": bus_ok, "store": store_ok });
+    if store_ok && bus_ok {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn list_cameras(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "items": s.registry.views(), "next_cursor": null }))
+}
+
+async fn get_camera(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match s.registry.get(&id) {
+        Some(c) => Json(c.view(s.registry.node())).into_response(),
+        None => ApiError::not_found(format!("no camera \"{id}\"")).into_response(),
+    }
+}
+
+async fn get_snapshot(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let Some(cam) = s.registry.get(&id) else {
+        return ApiError::not_found(format!("no camera \"{id}\"")).into_response();
+    };
+    match cam.snapshot() {
+        Some(snap) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg")),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            [(
+                header::LAST_MODIFIED,
+                HeaderValue::from_str(&snap.at.to_rfc2822()).unwrap_or(HeaderValue::from_static("")),
+            )],
+            snap.jpeg,
+        )
+            .into_response(),
+        None => ApiError::not_found(format!("camera \"{id}\" has no sampled frame yet")).into_response(),
+    }
+}
+
+/// Query of `GET /v1/clips`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClipQuery {
+    camera: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_time(name: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    v.map(|t| {
+        DateTime::parse_from_rfc3339(t)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{name}: \"{t}\" is not an RFC 3339 time ({e}); e.g. 2026-01-31T12:00:00Z"
+                ))
+            })
+    })
+    .transpose()
+}
+
+const MAX_LIMIT: usize = 1000;
+
+async fn list_clips(
+    State(s): State<AppState>,
+    query: Result<Query<ClipQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let to = parse_time("to", q.to.as_deref())?.unwrap_or_else(Utc::now);
+    let from = parse_time("from", q.from.as_deref())?
+        .unwrap_or_else(|| to - chrono::Duration::hours(24));
+    if from > to {
+        return Err(ApiError::bad_request("from must not be after to"));
+    }
+    if to - from > chrono::Duration::days(31) {
+        return Err(ApiError::bad_request(
+            "the range from..to may span at most 31 days",
+        ));
+    }
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                )));
+            }
+        },
+    };
+    if let Some(c) = &q.camera
+        && !c
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        return Err(ApiError::bad_request("camera: not a valid camera id"));
+    }
+    let store = s.store.clone();
+    let camera = q.camera.clone();
+    let mut items = tokio::task::spawn_blocking(move || {
+        store.list_clips(
+            camera.as_deref(),
+            from.timestamp_millis(),
+            to.timestamp_millis(),
+        )
+    })
+    .await
+    .map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message: format!("listing failed: {e}"),
+    })?;
+    items.truncate(limit);
+    Ok(Json(
+        serde_json::json!({ "items": items, "next_cursor": null }),
+    ))
+}
+
+async fn get_clip(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    let Some((camera, start, end)) = parse_clip_id(&id) else {
+        return ApiError::not_found(format!("no clip \"{id}\"")).into_response();
+    };
+    let Some(path) = s.store.local_path(&clip_key(camera, start, end)) else {
+        return ApiError::not_found(format!("no clip \"{id}\"")).into_response();
+    };
+    // ServeFile answers Range requests, which players use to seek.
+    match ServeFile::new(path).oneshot(req)
+        .await
+    {
+        Ok(r) => r.into_response(),
+        Err(e) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("cannot read the clip: {e}"),
+        }
+        .into_response(),
+    }
+}

@@ -1,0 +1,225 @@
+//! The bus between roles: subjects `panoptes.<kind>.<camera>`, bounded streams, pull
+//! consumers with explicit acknowledgement, redelivery and a dead-letter subject.
+//!
+//! [`Bus::Memory`] is the embedded default: in-process queues with the same semantics a
+//! JetStream deployment has, so the all-in-one process runs the same code paths.
+
+mod memory;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::{BusConfig, BusKind};
+
+pub use memory::MemoryBus;
+
+/// The streams of the bus, one per kind of message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// Sampled JPEG frames: fresh frames matter most, the oldest are dropped when full.
+    Frames,
+    /// PCM audio segments.
+    Audio,
+    /// Clip records.
+    Clips,
+    /// Insights.
+    Insights,
+}
+
+impl StreamKind {
+    /// Every stream.
+    pub const ALL: [StreamKind; 4] = [
+        StreamKind::Frames,
+        StreamKind::Audio,
+        StreamKind::Clips,
+        StreamKind::Insights,
+    ];
+
+    /// The subject word: `frames`, `audio`, `clips`, `insights`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Frames => "frames",
+            StreamKind::Audio => "audio",
+            StreamKind::Clips => "clips",
+            StreamKind::Insights => "insights",
+        }
+    }
+
+    /// The subject for one camera, e.g. `panoptes.frames.lobby`.
+    pub fn subject(self, camera: &str) -> String {
+        format!("panoptes.{}.{camera}", self.as_str())
+    }
+
+    /// The stream a subject belongs to.
+    pub fn of_subject(subject: &str) -> Option<StreamKind> {
+        let mut parts = subject.splitn(3, '.');
+        if parts.next() != Some("panoptes") {
+            return None;
+        }
+        let kind = parts.next()?;
+        parts.next().filter(|c| !c.is_empty())?;
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+}
+
+/// Message headers (small, ordered).
+pub type Headers = Vec<(String, String)>;
+
+/// One message on the bus.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Full subject, e.g. `panoptes.frames.lobby`.
+    pub subject: String,
+    /// Metadata such as camera, capture time and `Nats-Msg-Id`.
+    pub headers: Headers,
+    /// The body: JPEG, PCM or JSON.
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// The first header with this name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Bus failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The subject is not `panoptes.<frames|audio|clips|insights>.<camera>`.
+    #[error("subject {subject:?} is not a Panoptes subject (panoptes.<kind>.<camera>)")]
+    BadSubject {
+        /// The subject given.
+        subject: String,
+    },
+    /// The bus is shutting down.
+    #[error("the bus is closed")]
+    Closed,
+}
+
+/// The bus, one variant per backend.
+#[derive(Clone)]
+pub enum Bus {
+    /// In-process bounded queues.
+    Memory(MemoryBus),
+}
+
+/// What happened to a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored.
+    Stored,
+    /// Stored, and the oldest message of the stream was dropped to make room.
+    StoredDroppedOldest,
+}
+
+impl Bus {
+    /// Builds the configured backend.
+    pub fn build(config: &BusConfig) -> Bus {
+        match config.kind {
+            BusKind::Memory => Bus::Memory(MemoryBus::new(config)),
+        }
+    }
+
+    /// Publishes one message; never blocks on a full stream (the oldest message gives way).
+    pub async fn publish(
+        &self,
+        subject: String,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<Published, BusError> {
+        match self {
+            Bus::Memory(b) => b.publish(subject, headers, payload),
+        }
+    }
+
+    /// A pull consumer on one stream. Consumers with the same `durable` name share the work.
+    pub async fn consumer(&self, stream: StreamKind, durable: &str) -> Result<Consumer, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(Consumer::Memory(b.consumer(stream, durable))),
+        }
+    }
+
+    /// Whether the bus can take messages (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Bus::Memory(_) => true,
+        }
+    }
+}
+
+/// A pull consumer.
+pub enum Consumer {
+    /// In-process.
+    Memory(memory::MemoryConsumer),
+}
+
+impl Consumer {
+    /// Waits up to `timeout` for the next message.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Delivery> {
+        match self {
+            Consumer::Memory(c) => c.next(timeout).await.map(Delivery::Memory),
+        }
+    }
+}
+
+/// A delivered message that must be acknowledged (or rejected) by its consumer.
+pub enum Delivery {
+    /// In-process.
+    Memory(memory::MemoryDelivery),
+}
+
+impl Delivery {
+    /// The message.
+    pub fn message(&self) -> &Message {
+        match self {
+            Delivery::Memory(d) => d.message(),
+        }
+    }
+
+    /// How many times this message has been delivered, this time included.
+    pub fn delivery_count(&self) -> u32 {
+        match self {
+            Delivery::Memory(d) => d.delivery_count(),
+        }
+    }
+
+    /// The work is done: the message is removed for good.
+    pub async fn ack(self) -> Result<(), BusError> {
+        match self {
+            Delivery::Memory(d) => {
+                d.ack();
+                Ok(())
+            }
+        }
+    }
+
+    /// The work failed: redeliver, or dead-letter it once `max_deliver` is reached.
+    pub async fn nak(self, error: &str) -> Result<(), BusError> {
+        match self {
+            Delivery::Memory(d) => {
+                d.nak(error);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        let s = StreamKind::Frames.subject("lobby");
+        assert_eq!(s, "panoptes.frames.lobby");
+        assert_eq!(StreamKind::of_subject(&s), Some(StreamKind::Frames));
+        assert_eq!(StreamKind::of_subject("panoptes.frames."), None);
+        assert_eq!(StreamKind::of_subject("other.frames.x"), None);
+        assert_eq!(StreamKind::of_subject("panoptes.video.x"), None);
+    }
+}

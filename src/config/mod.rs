@@ -1,0 +1,782 @@
+//! Configuration: TOML with `${VAR}` / `${VAR:-default}` substitution, strict field checking
+//! and validation that reports every mistake at once.
+//!
+//! Loading is pure: [`load_str`] turns text into a [`Config`] or the full list of
+//! [`ConfigError`]s (file, field, what to do). Nothing here opens a connection.
+
+mod env;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use env::substitute;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: String,
+    /// Dotted path of the field, e.g. `cameras[2].url`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.field, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} problem{} in the config:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A string that must never be printed: camera passwords and the like.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for handing to the RTSP client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for clips, snapshots, the spool and the embedded stores.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// The message bus between roles.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// RTSP session behaviour shared by all cameras.
+    #[serde(default)]
+    pub edge: EdgeConfig,
+    /// Frame sampling defaults (a camera may override the interval).
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+    /// Clip recording.
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    /// Decoding: hardware profile and decoder pool.
+    #[serde(default)]
+    pub media: MediaConfig,
+    /// The cameras this deployment watches.
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// An env-filter directive such as `info` or `panoptes=debug,retina=warn`;
+    /// `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_api_listen(),
+        }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// The message bus.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// `memory`: in-process channels (the embedded default).
+    #[serde(default)]
+    pub kind: BusKind,
+    /// Frames kept waiting for inference; when full the oldest frame is dropped and counted.
+    #[serde(default = "default_frames_capacity")]
+    pub frames_capacity: usize,
+    /// Audio segments kept waiting; when full the oldest is dropped and counted.
+    #[serde(default = "default_audio_capacity")]
+    pub audio_capacity: usize,
+    /// Deliveries of one message before it goes to the dead-letter subject.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// How long a delivered message may stay unacknowledged before it is redelivered.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::default(),
+            frames_capacity: default_frames_capacity(),
+            audio_capacity: default_audio_capacity(),
+            max_deliver: default_max_deliver(),
+            ack_wait: default_ack_wait(),
+        }
+    }
+}
+
+fn default_frames_capacity() -> usize {
+    512
+}
+fn default_audio_capacity() -> usize {
+    256
+}
+fn default_max_deliver() -> u32 {
+    5
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Bus backend.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process bounded queues.
+    #[default]
+    Memory,
+}
+
+/// RTSP session behaviour.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Limit for DESCRIBE + SETUP + PLAY.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Limit for the first video frame after PLAY.
+    #[serde(default = "default_first_frame_timeout", with = "humantime_serde")]
+    pub first_frame_timeout: Duration,
+    /// A streaming camera that sends no frame for this long is reconnected
+    /// (a stalled RTSP server raises no error by itself).
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// First reconnect delay; doubles on each failure, with jitter.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Upper bound of the reconnect delay.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: default_connect_timeout(),
+            first_frame_timeout: default_first_frame_timeout(),
+            stall_timeout: default_stall_timeout(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_first_frame_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Frame sampling.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Time between sampled frames of one camera.
+    #[serde(default = "default_sample_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Largest width of a sampled JPEG (aspect ratio is kept).
+    #[serde(default = "default_max_width")]
+    pub max_width: u32,
+    /// Largest height of a sampled JPEG (aspect ratio is kept).
+    #[serde(default = "default_max_height")]
+    pub max_height: u32,
+    /// JPEG quality, 1-100.
+    #[serde(default = "default_jpeg_quality")]
+    pub jpeg_quality: u32,
+    /// Length of one PCM audio chunk published on the bus.
+    #[serde(default = "default_audio_chunk", with = "humantime_serde")]
+    pub audio_chunk: Duration,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_sample_interval(),
+            max_width: default_max_width(),
+            max_height: default_max_height(),
+            jpeg_quality: default_jpeg_quality(),
+            audio_chunk: default_audio_chunk(),
+        }
+    }
+}
+
+fn default_sample_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_width() -> u32 {
+    1280
+}
+fn default_max_height() -> u32 {
+    720
+}
+fn default_jpeg_quality() -> u32 {
+    85
+}
+fn default_audio_chunk() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Clip recording.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Record clips of every camera (a camera may turn it off).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Target segment length; segments are cut at the first keyframe after it.
+    #[serde(default = "default_segment", with = "humantime_serde")]
+    pub segment: Duration,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            segment: default_segment(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_segment() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Decoding.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Hardware profile: the pipeline templates in `pipelines/<profile>.toml`.
+    #[serde(default)]
+    pub profile: MediaProfile,
+    /// Directory of pipeline templates; the templates built into the binary when unset.
+    #[serde(default)]
+    pub pipelines_dir: Option<PathBuf>,
+    /// Decoder pipelines working in parallel (each is one GStreamer pipeline per codec).
+    #[serde(default = "default_decoders")]
+    pub decoders: usize,
+    /// Decode jobs waiting for a decoder; when full the oldest job is dropped and counted.
+    #[serde(default = "default_decode_queue")]
+    pub queue: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            profile: MediaProfile::default(),
+            pipelines_dir: None,
+            decoders: default_decoders(),
+            queue: default_decode_queue(),
+        }
+    }
+}
+
+fn default_decoders() -> usize {
+    2
+}
+fn default_decode_queue() -> usize {
+    256
+}
+
+/// Decoder hardware profile.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaProfile {
+    /// libav software decoders.
+    #[default]
+    Cpu,
+    /// NVIDIA NVDEC / nvJPEG (untested here: no GPU on the build machines).
+    Nvidia,
+    /// VA-API (untested here).
+    Vaapi,
+}
+
+impl MediaProfile {
+    /// The profile's name as used for template files.
+    pub fn name(self) -> &'static str {
+        match self {
+            MediaProfile::Cpu => "cpu",
+            MediaProfile::Nvidia => "nvidia",
+            MediaProfile::Vaapi => "vaapi",
+        }
+    }
+}
+
+/// RTP transport.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// RTP interleaved in the RTSP TCP connection (works through NAT and firewalls).
+    #[default]
+    Tcp,
+    /// RTP over UDP.
+    Udp,
+}
+
+/// One camera.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Unique id: letters, digits, `-` and `_` (it becomes part of bus subjects and object keys).
+    pub id: String,
+    /// `rtsp://host[:port]/path`, without credentials.
+    pub url: String,
+    /// RTSP user name; use `${ENV}` to keep it out of the file.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// RTSP password; use `${ENV}` to keep it out of the file.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// Overrides `sampling.interval` for this camera.
+    #[serde(default, with = "humantime_serde")]
+    pub sample_interval: Option<Duration>,
+    /// Overrides `recording.enabled` for this camera.
+    #[serde(default)]
+    pub record: Option<bool>,
+    /// Decode the camera's audio and publish it.
+    #[serde(default = "default_true")]
+    pub audio: bool,
+    /// A disabled camera is kept in the config but not connected.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl CameraConfig {
+    /// The sample interval in force for this camera.
+    pub fn sample_interval(&self, sampling: &SamplingConfig) -> Duration {
+        self.sample_interval.unwrap_or(sampling.interval)
+    }
+
+    /// Whether this camera records clips.
+    pub fn records(&self, recording: &RecordingConfig) -> bool {
+        self.record.unwrap_or(recording.enabled)
+    }
+
+    /// The URL with any user info removed, safe to show.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Removes user name and password from a URL so it can be logged or shown.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        // Unparseable: keep only what follows the last '@' so no credentials can leak.
+        Err(_) => match raw.rfind('@') {
+            Some(i) => format!("rtsp://***@{}", &raw[i + 1..]),
+            None => raw.to_string(),
+        },
+    }
+}
+
+/// Reads, substitutes, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            field: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    load_str(&text, &file, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates config text; `file` names it in errors, `env` resolves `${VAR}`.
+pub fn load_str(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let err = |field: &str, message: String| ConfigError {
+        file: file.to_string(),
+        field: field.to_string(),
+        message,
+    };
+    let mut value: toml::Table = toml::from_str(text)
+        .map_err(|e| ConfigErrors(vec![err("", format!("not valid TOML: {e}"))]))?;
+    let mut errors: Vec<ConfigError> = substitute(&mut value, env)
+        .into_iter()
+        .map(|(field, message)| err(&field, message))
+        .collect();
+
+    // Sections are parsed one by one (and cameras one by one) so that a mistake in one
+    // does not hide mistakes in the others.
+    let mut cameras_raw = Vec::new();
+    if let Some(c) = value.remove("cameras") {
+        match c {
+            toml::Value::Array(items) => cameras_raw = items,
+            _ => errors.push(err(
+                "cameras",
+                "must be an array of tables: write each camera as [[cameras]]".into(),
+            )),
+        }
+    }
+    let mut cameras = Vec::new();
+    for (i, raw) in cameras_raw.into_iter().enumerate() {
+        match CameraConfig::deserialize(raw) {
+            Ok(c) => cameras.push(Some(c)),
+            Err(e) => {
+                errors.push(err(&format!("cameras[{i}]"), serde_message(&e)));
+                cameras.push(None);
+            }
+        }
+    }
+    let mut base = toml::Table::new();
+    for (key, v) in value {
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), v.clone());
+        match Config::deserialize(toml::Value::Table(one)) {
+            Ok(_) => {
+                base.insert(key, v);
+            }
+            Err(e) => errors.push(err(&key, serde_message(&e))),
+        }
+    }
+    let mut config = match Config::deserialize(toml::Value::Table(base)) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(err("", serde_message(&e)));
+            return Err(ConfigErrors(errors));
+        }
+    };
+    config.cameras = cameras.iter().flatten().cloned().collect();
+    errors.extend(
+        validate(&config, &cameras)
+            .into_iter()
+            .map(|(f, m)| err(&f, m)),
+    );
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn serde_message(e: &toml::de::Error) -> String {
+    let m = e.message().trim().to_string();
+    if m.starts_with("unknown field") {
+        format!("{m}; remove it or fix its spelling")
+    } else {
+        m
+    }
+}
+
+/// Checks what types cannot: ids, URLs, ranges. Returns (field, message) pairs.
+/// `cameras` keeps `None` where an entry failed to parse, so indexes match the file.
+fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    let push = |errors: &mut Vec<(String, String)>, f: String, m: &str| {
+        errors.push((f, m.to_string()))
+    };
+    let s = &config.sampling;
+    if s.interval.is_zero() {
+        push(&mut errors, "sampling.interval".into(), "must be greater than zero, e.g. \"10s\"");
+    }
+    if s.max_width < 16 || s.max_height < 16 {
+        push(&mut errors, 
+            "sampling.max_width".into(),
+            "max_width and max_height must be at least 16 pixels",
+        );
+    }
+    if !(1..=100).contains(&s.jpeg_quality) {
+        push(&mut errors, "sampling.jpeg_quality".into(), "must be between 1 and 100");
+    }
+    if s.audio_chunk < Duration::from_millis(100) {
+        push(&mut errors, "sampling.audio_chunk".into(), "must be at least 100ms");
+    }
+    if config.recording.segment < Duration::from_secs(1) {
+        push(&mut errors, "recording.segment".into(), "must be at least 1s");
+    }
+    if config.media.decoders == 0 {
+        push(&mut errors, "media.decoders".into(), "must be at least 1");
+    }
+    if config.media.queue == 0 {
+        push(&mut errors, "media.queue".into(), "must be at least 1");
+    }
+    if config.bus.frames_capacity == 0 || config.bus.audio_capacity == 0 {
+        push(&mut errors, 
+            "bus.frames_capacity".into(),
+            "queue capacities must be at least 1",
+        );
+    }
+    if config.bus.max_deliver == 0 {
+        push(&mut errors, "bus.max_deliver".into(), "must be at least 1");
+    }
+    let e = &config.edge;
+    for (name, d) in [
+        ("edge.connect_timeout", e.connect_timeout),
+        ("edge.first_frame_timeout", e.first_frame_timeout),
+        ("edge.stall_timeout", e.stall_timeout),
+        ("edge.backoff_initial", e.backoff_initial),
+    ] {
+        if d.is_zero() {
+            push(&mut errors, name.into(), "must be greater than zero");
+        }
+    }
+    if e.backoff_max < e.backoff_initial {
+        push(&mut errors, 
+            "edge.backoff_max".into(),
+            "must be at least edge.backoff_initial",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, cam) in cameras.iter().enumerate() {
+        let Some(cam) = cam else { continue };
+        let at = |f: &str| format!("cameras[{i}].{f}");
+        if cam.id.is_empty()
+            || cam.id.len() > 64
+            || !cam
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            push(&mut errors, 
+                at("id"),
+                "must be 1-64 characters of letters, digits, '-' or '_'",
+            );
+        } else if !seen.insert(cam.id.clone()) {
+            errors.push((
+                at("id"),
+                format!("duplicate camera id \"{}\"; ids must be unique", cam.id),
+            ));
+        }
+        match url::Url::parse(&cam.url) {
+            Err(err) => errors.push((
+                at("url"),
+                format!("not a valid URL ({err}); expected rtsp://host[:port]/path"),
+            )),
+            Ok(u) => {
+                if u.scheme() != "rtsp" && u.scheme() != "rtsps" {
+                    errors.push((
+                        at("url"),
+                        format!(
+                            "scheme \"{}\" is not supported; expected rtsp://host[:port]/path",
+                            u.scheme()
+                        ),
+                    ));
+                } else if u.host_str().is_none_or(str::is_empty) {
+                    errors.push((at("url"), "has no host; expected rtsp://host[:port]/path".into()));
+                }
+                if !u.username().is_empty() || u.password().is_some() {
+                    errors.push((
+                        at("url"),
+                        "credentials must not be inside the URL; use username/password with ${ENV} values"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if cam.sample_interval.is_some_and(|d| d.is_zero()) {
+            errors.push((at("sample_interval"), "must be greater than zero".into()));
+        }
+        if cam.password.is_some() && cam.username.is_none() {
+            errors.push((at("username"), "a password is set but no username".into()));
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load_str(
+            "data_dir = \"./data\"\n[api]\nlisten = \"127.0.0.1:8080\"\n[[cameras]]\nid = \"lobby\"\nurl = \"rtsp://127.0.0.1:8554/lobby\"\n",
+            "t.toml",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.cameras.len(), 1);
+        assert_eq!(c.sampling.interval, Duration::from_secs(10));
+        assert_eq!(c.recording.segment, Duration::from_secs(10));
+        assert!(c.cameras[0].records(&c.recording));
+    }
+
+    #[test]
+    fn every_mistake_is_reported() {
+        let text = r#"
+data_dir = "./data"
+colour = "blue"
+[sampling]
+interval = "soon"
+[[cameras]]
+id = "a"
+url = "rtsp://user:pw@10.0.0.1/stream"
+[[cameras]]
+id = "a"
+url = "http://x/y"
+[[cameras]]
+id = "b"
+url = "rtsp://h/p"
+fps = 3
+"#;
+        let errs = load_str(text, "t.toml", &no_env).unwrap_err().0;
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"colour"), "{errs:?}");
+        assert!(fields.contains(&"sampling"), "{errs:?}");
+        assert!(fields.contains(&"cameras[0].url"), "{errs:?}");
+        assert!(fields.contains(&"cameras[1].id"), "{errs:?}");
+        assert!(fields.contains(&"cameras[1].url"), "{errs:?}");
+        assert!(fields.contains(&"cameras[2]"), "{errs:?}");
+        let url_err = errs.iter().find(|e| e.field == "cameras[0].url").unwrap();
+        assert!(url_err.message.contains("credentials"));
+        assert!(!format!("{errs:?}").contains("pw@"), "credentials leaked into errors");
+    }
+
+    #[test]
+    fn env_substitution_and_secret_redaction() {
+        let env = |k: &str| (k == "CAM_PASS").then(|| "hunter2".to_string());
+        let c = load_str(
+            "[[cameras]]\nid = \"x\"\nurl = \"rtsp://${CAM_HOST:-127.0.0.1}/x\"\nusername = \"u\"\npassword = \"${CAM_PASS}\"\n",
+            "t.toml",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.cameras[0].url, "rtsp://127.0.0.1/x");
+        assert_eq!(c.cameras[0].password.as_ref().unwrap().expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn missing_env_var_is_an_error() {
+        let errs = load_str(
+            "[[cameras]]\nid = \"x\"\nurl = \"rtsp://h/x\"\nusername = \"u\"\npassword = \"${NOPE}\"\n",
+            "t.toml",
+            &no_env,
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "cameras[0].password");
+        assert!(errs[0].message.contains("NOPE"));
+    }
+
+    #[test]
+    fn redact_url_removes_credentials() {
+        assert_eq!(
+            redact_url("rtsp://admin:secret@cam.local:554/s"),
+            "rtsp://cam.local:554/s"
+        );
+        assert!(!redact_url("rtsp://admin:se cret@bad url").contains("se cret"));
+    }
+}

@@ -1,0 +1,285 @@
+//! Live state of every camera, shared between the camera tasks and the API.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Connection state of a camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraState {
+    /// DESCRIBE / SETUP / PLAY in progress, or waiting for the first frame.
+    Connecting,
+    /// Frames are arriving.
+    Streaming,
+    /// The last attempt failed; waiting before the next.
+    Backoff,
+    /// Not running (disabled, removed or shutting down).
+    Stopped,
+}
+
+/// Video stream parameters as the API shows them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VideoInfo {
+    /// `h264` or `h265`.
+    pub codec: &'static str,
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Measured frames per second.
+    pub fps: f64,
+}
+
+/// Audio stream parameters as the API shows them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AudioInfo {
+    /// e.g. `aac`.
+    pub codec: String,
+    /// Source sample rate.
+    pub sample_rate: u32,
+}
+
+/// The latest sampled frame of a camera.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// JPEG bytes.
+    pub jpeg: Bytes,
+    /// When the frame was captured.
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct Mutable {
+    state: Option<CameraState>,
+    last_error: Option<String>,
+    video: Option<VideoInfo>,
+    audio: Option<AudioInfo>,
+    last_frame_at: Option<DateTime<Utc>>,
+    snapshot: Option<Snapshot>,
+    since: Option<DateTime<Utc>>,
+}
+
+/// Counters of one camera (also exported as metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Video access units received.
+    pub frames_received: AtomicU64,
+    /// Keyframes received.
+    pub keyframes: AtomicU64,
+    /// Frames sampled and decoded to JPEG.
+    pub samples: AtomicU64,
+    /// Samples dropped (decoder queue full, bus full, decode failure).
+    pub dropped: AtomicU64,
+    /// Reconnect attempts after a failure.
+    pub reconnects: AtomicU64,
+    /// Clip segments stored.
+    pub clips: AtomicU64,
+    /// Bytes of video received.
+    pub bytes: AtomicU64,
+    /// Audio chunks published.
+    pub audio_chunks: AtomicU64,
+}
+
+/// One camera's live status.
+#[derive(Debug)]
+pub struct CameraStatus {
+    id: String,
+    url: String,
+    mutable: Mutex<Mutable>,
+    /// Counters, updated lock-free from the camera task.
+    pub counters: Counters,
+}
+
+/// The camera record of the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraView {
+    /// Camera id.
+    pub id: String,
+    /// Connection state.
+    pub state: CameraState,
+    /// Since when the camera is in this state.
+    pub state_since: Option<DateTime<Utc>>,
+    /// The URL, credentials removed.
+    pub url: String,
+    /// The node running the camera.
+    pub owner: String,
+    /// Video parameters, once known.
+    pub video: Option<VideoInfo>,
+    /// Audio parameters, when the camera has audio.
+    pub audio: Option<AudioInfo>,
+    /// Video access units received.
+    pub frames_received: u64,
+    /// Keyframes received.
+    pub keyframes: u64,
+    /// Frames sampled.
+    pub samples: u64,
+    /// Samples dropped.
+    pub dropped: u64,
+    /// Reconnects after failures.
+    pub reconnects: u64,
+    /// Clips stored.
+    pub clips: u64,
+    /// Video bytes received.
+    pub bytes_received: u64,
+    /// Audio chunks published.
+    pub audio_chunks: u64,
+    /// Arrival of the latest frame.
+    pub last_frame_at: Option<DateTime<Utc>>,
+    /// Time of the latest snapshot.
+    pub last_snapshot_at: Option<DateTime<Utc>>,
+    /// The most recent error, kept after recovery.
+    pub last_error: Option<String>,
+}
+
+impl CameraStatus {
+    fn new(id: &str, url: &str) -> CameraStatus {
+        CameraStatus {
+            id: id.to_string(),
+            url: url.to_string(),
+            mutable: Mutex::new(Mutable::default()),
+            counters: Counters::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mutable> {
+        self.mutable.lock().expect("camera status poisoned")
+    }
+
+    /// Camera id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Moves to `state`.
+    pub fn set_state(&self, state: CameraState) {
+        let mut m = self.lock();
+        if m.state != Some(state) {
+            m.state = Some(state);
+            m.since = Some(Utc::now());
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> CameraState {
+        self.lock().state.unwrap_or(CameraState::Stopped)
+    }
+
+    /// Records an error (already scrubbed of secrets by the caller).
+    pub fn set_error(&self, error: String) {
+        self.lock().last_error = Some(error);
+    }
+
+    /// Records the video parameters.
+    pub fn set_video(&self, video: VideoInfo) {
+        self.lock().video = Some(video);
+    }
+
+    /// Updates the measured frame rate.
+    pub fn set_fps(&self, fps: f64) {
+        if let Some(v) = &mut self.lock().video {
+            v.fps = fps;
+        }
+    }
+
+    /// Records the audio parameters (None: no audio).
+    pub fn set_audio(&self, audio: Option<AudioInfo>) {
+        self.lock().audio = audio;
+    }
+
+    /// Notes the arrival of a frame.
+    pub fn frame_seen(&self, at: DateTime<Utc>) {
+        self.lock().last_frame_at = Some(at);
+    }
+
+    /// Stores the latest sampled frame.
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        self.lock().snapshot = Some(snapshot);
+    }
+
+    /// The latest sampled frame.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.lock().snapshot.clone()
+    }
+
+    /// The API record.
+    pub fn view(&self, owner: &str) -> CameraView {
+        let m = self.lock();
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CameraView {
+            id: self.id.clone(),
+            state: m.state.unwrap_or(CameraState::Stopped),
+            state_since: m.since,
+            url: self.url.clone(),
+            owner: owner.to_string(),
+            video: m.video.clone(),
+            audio: m.audio.clone(),
+            frames_received: get(&c.frames_received),
+            keyframes: get(&c.keyframes),
+            samples: get(&c.samples),
+            dropped: get(&c.dropped),
+            reconnects: get(&c.reconnects),
+            clips: get(&c.clips),
+            bytes_received: get(&c.bytes),
+            audio_chunks: get(&c.audio_chunks),
+            last_frame_at: m.last_frame_at,
+            last_snapshot_at: m.snapshot.as_ref().map(|s| s.at),
+            last_error: m.last_error.clone(),
+        }
+    }
+}
+
+/// Every camera this process runs.
+#[derive(Debug)]
+pub struct CameraRegistry {
+    node: String,
+    cameras: RwLock<BTreeMap<String, Arc<CameraStatus>>>,
+}
+
+impl CameraRegistry {
+    /// An empty registry for this node.
+    pub fn new(node: &str) -> CameraRegistry {
+        CameraRegistry {
+            node: node.to_string(),
+            cameras: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// The status entry of a camera, created when missing.
+    pub fn register(&self, id: &str, display_url: &str) -> Arc<CameraStatus> {
+        let mut cams = self.cameras.write().expect("registry poisoned");
+        cams.entry(id.to_string())
+            .or_insert_with(|| Arc::new(CameraStatus::new(id, display_url)))
+            .clone()
+    }
+
+    /// Forgets a camera.
+    pub fn remove(&self, id: &str) {
+        self.cameras.write().expect("registry poisoned").remove(id);
+    }
+
+    /// One camera.
+    pub fn get(&self, id: &str) -> Option<Arc<CameraStatus>> {
+        self.cameras.read().expect("registry poisoned").get(id).cloned()
+    }
+
+    /// All cameras, ordered by id.
+    pub fn views(&self) -> Vec<CameraView> {
+        self.cameras
+            .read()
+            .expect("registry poisoned")
+            .values()
+            .map(|c| c.view(&self.node))
+            .collect()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}

@@ -1,0 +1,133 @@
+//! The `panoptes` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use panoptes::config::{self, LogFormat};
+use panoptes::run::Roles;
+
+/// Panoptes: camera analytics. Pulls RTSP cameras, records clips, samples frames and audio,
+/// and answers questions about them over HTTP.
+#[derive(Parser)]
+#[command(name = "panoptes", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every role in one process (edge ingest and the API).
+    Run {
+        /// Config file.
+        #[arg(long, short, env = "PANOPTES_CONFIG", default_value = "config/panoptes.toml")]
+        config: PathBuf,
+    },
+    /// Runs the edge role only: camera ingest, recording and sampling.
+    Edge {
+        /// Config file.
+        #[arg(long, short, env = "PANOPTES_CONFIG", default_value = "config/panoptes.toml")]
+        config: PathBuf,
+    },
+    /// Checks a config file and prints every problem found.
+    Validate {
+        /// Config file.
+        #[arg(long, short, env = "PANOPTES_CONFIG", default_value = "config/panoptes.toml")]
+        config: PathBuf,
+    },
+    /// Serves recorded MP4/MKV files over RTSP in a loop, without re-encoding.
+    Replay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8554")]
+        listen: SocketAddr,
+        /// Mounts per file: /<stem>-0 ... /<stem>-<N-1> (all sharing one stream).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        copies: u32,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormatArg,
+        /// Files to serve, one mount each at /<file stem>.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} camera{})",
+                    config.display(),
+                    c.cameras.len(),
+                    if c.cameras.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => serve(config, Roles { edge: true, api: true }),
+        Command::Edge { config } => serve(config, Roles { edge: true, api: false }),
+        Command::Replay {
+            listen,
+            copies,
+            log_format,
+            files,
+        } => {
+            let format = match log_format {
+                LogFormatArg::Human => LogFormat::Human,
+                LogFormatArg::Json => LogFormat::Json,
+            };
+            panoptes::telemetry::init_logs(format, "info");
+            match panoptes::replay::run(listen, files, copies) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("panoptes replay: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(path: PathBuf, roles: Roles) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    panoptes::telemetry::init_logs(config.log.format, &config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("panoptes")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("panoptes: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(panoptes::run::run(path, config, roles)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "panoptes failed");
+            eprintln!("panoptes: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

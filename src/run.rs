@@ -1,0 +1,192 @@
+//! `panoptes run` / `panoptes edge`: wires the stages together in one process, watches the
+//! config file for camera changes and shuts down in order on SIGTERM or Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use notify::Watcher;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::bus::Bus;
+use crate::config::{self, Config};
+use crate::edge::Edge;
+use crate::edge::status::CameraRegistry;
+use crate::store::ObjectStore;
+
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    /// Camera ingest.
+    pub edge: bool,
+    /// The HTTP API.
+    pub api: bool,
+}
+
+/// Runs until a shutdown signal.
+pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::metrics();
+    let store = ObjectStore::local(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let bus = Bus::build(&config.bus);
+    let node = std::env::var("PANOPTES_NODE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".into());
+    let registry = Arc::new(CameraRegistry::new(&node));
+    let shutdown = CancellationToken::new();
+
+    let upkeep = {
+        let m = metrics.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => m.run_upkeep(),
+                }
+            }
+        })
+    };
+
+    let mut edge = if roles.edge {
+        let mut edge = Edge::build(&config, store.clone(), bus.clone(), registry.clone())
+            .context("cannot start the decoder pool")?;
+        edge.apply(&config.cameras).await;
+        tracing::info!(cameras = edge.camera_ids().len(), "edge started");
+        Some(edge)
+    } else {
+        None
+    };
+
+    let api_task = if roles.api {
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
+        tracing::info!(listen = %config.api.listen, "api listening");
+        let state = AppState {
+            registry: registry.clone(),
+            store: store.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+        };
+        let token = shutdown.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = api::serve(listener, state, token).await {
+                tracing::error!(error = %e, "api server failed");
+            }
+        }))
+    } else {
+        None
+    };
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+    let _watcher = watch(&config_path, reload_tx);
+    let mut applied = std::fs::read_to_string(&config_path).unwrap_or_default();
+    // Fallback for filesystems without change notification.
+    let mut poll = tokio::time::interval(Duration::from_secs(3));
+    let mut signals = Signals::new()?;
+    loop {
+        tokio::select! {
+            _ = signals.next() => break,
+            _ = reload_rx.recv() => {}
+            _ = poll.tick() => {}
+        }
+        // Editors write files in several steps: let the last one land.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = match std::fs::read_to_string(&config_path) {
+            Ok(t) => t,
+            Err(_) => continue,
+        };
+        if text == applied {
+            continue;
+        }
+        applied = text;
+        match config::load(&config_path) {
+            Ok(new) => {
+                if let Some(edge) = &mut edge {
+                    tracing::info!(cameras = new.cameras.len(), "config changed; applying camera changes");
+                    edge.apply(&new.cameras).await;
+                }
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "config change ignored");
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down: stopping cameras and storing open clips");
+    // A second signal means "now".
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    if let Some(edge) = edge {
+        edge.shutdown().await;
+    }
+    shutdown.cancel();
+    if let Some(t) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+    }
+    let _ = upkeep.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn watch(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let name = path.file_name()?.to_os_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && ev.paths.iter().any(|p| p.file_name() == Some(&name))
+        {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; polling"))
+    .ok()?;
+    // The directory, not the file: editors replace files by renaming.
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; polling"))
+        .ok()?;
+    Some(watcher)
+}
+
+/// SIGTERM and Ctrl-C.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot install the SIGTERM handler")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+}
