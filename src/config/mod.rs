@@ -527,10 +527,10 @@ pub fn load_str(
     }
     let mut cameras = Vec::new();
     for (i, raw) in cameras_raw.into_iter().enumerate() {
-        match CameraConfig::deserialize(raw) {
+        match serde_path_to_error::deserialize::<_, CameraConfig>(raw) {
             Ok(c) => cameras.push(Some(c)),
             Err(e) => {
-                errors.push(err(&format!("cameras[{i}]"), serde_message(&e)));
+                errors.push(err(&join_path(&format!("cameras[{i}]"), &e), serde_message(e.inner())));
                 cameras.push(None);
             }
         }
@@ -539,11 +539,11 @@ pub fn load_str(
     for (key, v) in value {
         let mut one = toml::Table::new();
         one.insert(key.clone(), v.clone());
-        match Config::deserialize(toml::Value::Table(one)) {
+        match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(one)) {
             Ok(_) => {
                 base.insert(key, v);
             }
-            Err(e) => errors.push(err(&key, serde_message(&e))),
+            Err(e) => errors.push(err(&join_path("", &e), serde_message(e.inner()))),
         }
     }
     let mut config = match Config::deserialize(toml::Value::Table(base)) {
@@ -563,6 +563,16 @@ pub fn load_str(
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// `prefix` joined with the path serde reached before failing, e.g. `cameras[2].sample_interval`.
+fn join_path(prefix: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> String {
+    let path = e.path().to_string();
+    match (prefix.is_empty(), path == ".") {
+        (true, _) => path,
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{path}"),
     }
 }
 
@@ -733,11 +743,11 @@ fps = 3
         let errs = load_str(text, "t.toml", &no_env).unwrap_err().0;
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"colour"), "{errs:?}");
-        assert!(fields.contains(&"sampling"), "{errs:?}");
+        assert!(fields.contains(&"sampling.interval"), "{errs:?}");
         assert!(fields.contains(&"cameras[0].url"), "{errs:?}");
         assert!(fields.contains(&"cameras[1].id"), "{errs:?}");
         assert!(fields.contains(&"cameras[1].url"), "{errs:?}");
-        assert!(fields.contains(&"cameras[2]"), "{errs:?}");
+        assert!(fields.contains(&"cameras[2].fps"), "{errs:?}");
         let url_err = errs.iter().find(|e| e.field == "cameras[0].url").unwrap();
         assert!(url_err.message.contains("credentials"));
         assert!(!format!("{errs:?}").contains("pw@"), "credentials leaked into errors");

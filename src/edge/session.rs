@@ -228,6 +228,7 @@ impl CameraTask {
             sampler: Sampler::new(0),
             sample_interval: interval,
             audio: None,
+            audio_failed: false,
             codec_data: Bytes::new(),
             dims: (0, 0),
             last_ts: None,
@@ -424,6 +425,9 @@ impl CameraTask {
         metrics: &Metrics,
     ) {
         let ts = frame.timestamp().timestamp();
+        if st.audio_failed {
+            return;
+        }
         if st.audio.is_none() {
             let Some(ParametersRef::Audio(a)) = demuxed.streams()[frame.stream_id()].parameters()
             else {
@@ -444,8 +448,10 @@ impl CameraTask {
                     st.audio = Some(d);
                 }
                 Err(e) => {
+                    // Not retried per frame: the parameters will not change in this session.
+                    st.audio_failed = true;
                     metrics.audio_errors.increment(1);
-                    tracing::warn!(camera = %self.id, error = %e, "audio ignored");
+                    tracing::warn!(camera = %self.id, error = %e, "audio ignored for this session");
                     return;
                 }
             }
@@ -505,6 +511,7 @@ struct SessionState {
     sampler: Sampler,
     sample_interval: Duration,
     audio: Option<AudioDecoder>,
+    audio_failed: bool,
     codec_data: Bytes,
     dims: (u32, u32),
     last_ts: Option<i64>,

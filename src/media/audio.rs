@@ -58,14 +58,16 @@ impl AudioDecoder {
         let mut params = CodecParameters::new();
         params
             .for_codec(CODEC_TYPE_AAC)
+            .with_sample_rate(clock_rate)
             .with_extra_data(config.to_vec().into_boxed_slice());
         let decoder = symphonia::default::get_codecs()
             .make(&params, &DecoderOptions::default())
             .map_err(|e| AudioError::Unsupported(e.to_string()))?;
-        let source_rate = decoder
-            .codec_params()
-            .sample_rate
-            .ok_or_else(|| AudioError::Unsupported("no sample rate in the AAC config".into()))?;
+        // RFC 3640: the RTP clock of an AAC stream is its sample rate.
+        let source_rate = decoder.codec_params().sample_rate.unwrap_or(clock_rate);
+        if source_rate == 0 {
+            return Err(AudioError::Unsupported("sample rate 0".into()));
+        }
         let resampler = if source_rate == SAMPLE_RATE {
             None
         } else {

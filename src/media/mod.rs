@@ -368,10 +368,18 @@ struct Decoder {
     size: gst::Element,
     sink: gst_app::AppSink,
     caps_key: Option<(Bytes, (u32, u32))>,
+    generation: u32,
     playing: bool,
+    next_pts: u64,
+    /// Streams (by codec data) whose decoder holds pictures back until drained.
+    needs_drain: std::collections::HashSet<Bytes>,
 }
 
 const PULL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a picture may take before the decoder is assumed to hold it back.
+const FAST_TIMEOUT: Duration = Duration::from_millis(300);
+/// Nominal spacing of the timestamps given to the decoder.
+const FRAME_NS: u64 = 1_000_000_000 / 15;
 
 impl Decoder {
     fn build(description: &str) -> Result<Decoder, String> {
@@ -399,22 +407,23 @@ impl Decoder {
             size,
             sink,
             caps_key: None,
+            generation: 0,
             playing: false,
+            next_pts: 0,
+            needs_drain: Default::default(),
         })
     }
 
     fn run(&mut self, job: &DecodeJob, out: (u32, u32)) -> Result<(Bytes, u32, u32), String> {
         let key = (job.codec_data.clone(), out);
         if self.caps_key.as_ref() != Some(&key) {
-            if self.playing {
-                self.reset()?;
-            }
             let caps = match job.codec {
                 VideoCodec::H264 => gst::Caps::builder("video/x-h264").field("stream-format", "avc"),
                 VideoCodec::H265 => gst::Caps::builder("video/x-h265").field("stream-format", "hvc1"),
             }
             .field("alignment", "au")
             .field("codec_data", gst::Buffer::from_slice(job.codec_data.clone()))
+            .field("panoptes-generation", self.generation)
             .build();
             self.src.set_caps(Some(&caps));
             self.size.set_property("caps", sized_caps(&self.size, out));
@@ -426,13 +435,14 @@ impl Decoder {
                 .map_err(|e| format!("cannot start the pipeline: {e}"))?;
             self.playing = true;
         }
-        let frame_ns = 1_000_000_000 / 15;
         let n = job.frames.len();
         for (i, data) in job.frames.iter().enumerate() {
             let mut buf = gst::Buffer::from_slice(data.clone());
             {
                 let b = buf.get_mut().expect("new buffer is writable");
-                b.set_pts(gst::ClockTime::from_nseconds((i as u64) * frame_ns));
+                // Timestamps keep rising across jobs: the pipeline stays in PLAYING.
+                self.next_pts += FRAME_NS;
+                b.set_pts(gst::ClockTime::from_nseconds(self.next_pts));
                 let mut flags = gst::BufferFlags::empty();
                 if i > 0 {
                     flags |= gst::BufferFlags::DELTA_UNIT;
@@ -447,7 +457,18 @@ impl Decoder {
                 .push_buffer(buf)
                 .map_err(|e| format!("the decoder refused a frame: {e:?}"))?;
         }
-        // End the stream so the decoder drains whatever it holds back, then reset.
+        // Streams without picture reordering (nearly every camera) give the picture at
+        // once and the pipeline stays up for the next job. A decoder that holds pictures
+        // back (B-frames) is drained with EOS and the pipeline restarted, which costs
+        // tens of milliseconds; streams found to need it skip straight to the drain.
+        let drains = self.needs_drain.contains(&job.codec_data);
+        if !drains
+            && let Some(sample) = self
+                .sink
+                .try_pull_sample(gst::ClockTime::from_mseconds(FAST_TIMEOUT.as_millis() as u64))
+        {
+            return picture(&sample, out);
+        }
         self.src
             .end_of_stream()
             .map_err(|e| format!("cannot end the stream: {e:?}"))?;
@@ -472,23 +493,25 @@ impl Decoder {
             self.bus_error()
                 .unwrap_or_else(|| "the decoder produced no picture".to_string())
         })?;
-        let (w, h) = sample
-            .caps()
-            .and_then(|c| c.structure(0))
-            .and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)))
-            .map(|(w, h)| (w as u32, h as u32))
-            .unwrap_or(out);
-        let buffer = sample.buffer().ok_or("the picture has no data")?;
-        let map = buffer.map_readable().map_err(|e| e.to_string())?;
-        Ok((Bytes::copy_from_slice(map.as_slice()), w, h))
+        if !drains {
+            if self.needs_drain.len() >= 1024 {
+                self.needs_drain.clear();
+            }
+            self.needs_drain.insert(job.codec_data.clone());
+        }
+        picture(&sample, out)
     }
-
-    /// Back to READY: clears EOS and decoder state for the next job.
+    /// Back to NULL: clears EOS and decoder state for the next job (READY leaves appsink
+    /// reporting EOS). The pads lose their caps, and appsrc sends caps again only when they
+    /// differ from the last ones, so the next job's caps carry a new generation number.
     fn reset(&mut self) -> Result<(), String> {
         self.pipeline
-            .set_state(gst::State::Ready)
+            .set_state(gst::State::Null)
             .map_err(|e| format!("cannot reset the pipeline: {e}"))?;
         self.playing = false;
+        self.next_pts = 0;
+        self.caps_key = None;
+        self.generation = self.generation.wrapping_add(1);
         Ok(())
     }
 
@@ -511,6 +534,19 @@ impl Drop for Decoder {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// The JPEG of a sample with its size.
+fn picture(sample: &gst::Sample, out: (u32, u32)) -> Result<(Bytes, u32, u32), String> {
+    let (w, h) = sample
+        .caps()
+        .and_then(|c| c.structure(0))
+        .and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)))
+        .map(|(w, h)| (w as u32, h as u32))
+        .unwrap_or(out);
+    let buffer = sample.buffer().ok_or("the picture has no data")?;
+    let map = buffer.map_readable().map_err(|e| e.to_string())?;
+    Ok((Bytes::copy_from_slice(map.as_slice()), w, h))
 }
 
 /// The capsfilter's caps (keeping a memory feature such as CUDAMemory from the template)

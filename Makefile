@@ -1,0 +1,38 @@
+# The two commands of the README:
+#   make run   sets everything up, replays the demo cameras and runs Panoptes on the
+#              embedded defaults (API on http://127.0.0.1:8080)
+#   make test  sets everything up and runs the whole test suite
+#
+# Build outputs live outside the checkout so later runs (and other clones) reuse them.
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/panoptes/target
+export CARGO_TARGET_DIR
+BIN := $(CARGO_TARGET_DIR)/release/panoptes
+FIXTURES := tests/fixtures/out
+
+.PHONY: run test setup build fixtures bench lint clean-data
+
+run: build fixtures
+	deploy/demo.sh "$(BIN)" "$(FIXTURES)"
+
+test: build fixtures
+	PANOPTES_FIXTURES="$(CURDIR)/$(FIXTURES)" cargo test --release --locked -- --test-threads=1
+
+setup:
+	deploy/setup.sh
+
+build: setup
+	cargo build --release --locked
+
+fixtures: setup
+	tests/fixtures/generate.sh "$(FIXTURES)"
+
+bench: build fixtures
+	cargo bench --locked --bench ingest
+
+lint:
+	cargo fmt --check
+	cargo clippy --release --locked --all-targets -- -D warnings
+
+clean-data:
+	rm -rf data

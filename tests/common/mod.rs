@@ -1,0 +1,317 @@
+//! Helpers for integration tests: the fixtures, a replay server and a panoptes process on
+//! free loopback ports, HTTP calls and bounded waiting.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_panoptes");
+
+/// The generated fixtures (made by `tests/fixtures/generate.sh`, which runs here if needed).
+pub fn fixtures() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var_os("PANOPTES_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("tests/fixtures/out"));
+    static ONCE: Mutex<bool> = Mutex::new(false);
+    let mut done = ONCE.lock().unwrap();
+    if !*done {
+        let status = Command::new(root.join("tests/fixtures/generate.sh"))
+            .arg(&dir)
+            .status()
+            .expect("run tests/fixtures/generate.sh");
+        assert!(status.success(), "fixture generation failed");
+        *done = true;
+    }
+    dir
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 200 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Output of a child process, collected by background threads.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn collect(&self, r: impl Read + Send + 'static) {
+        let buf = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                let mut b = buf.lock().unwrap();
+                b.push_str(&line);
+                b.push('\n');
+            }
+        });
+    }
+}
+
+/// `panoptes replay` on a free port.
+pub struct Replay {
+    child: Child,
+    pub port: u16,
+    pub output: Output,
+}
+
+impl Replay {
+    pub fn start(files: &[PathBuf], copies: u32) -> Replay {
+        Self::start_on(free_port(), files, copies)
+    }
+
+    pub fn start_on(port: u16, files: &[PathBuf], copies: u32) -> Replay {
+        let mut child = Command::new(BIN)
+            .arg("replay")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--copies")
+            .arg(copies.to_string())
+            .args(files)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start panoptes replay");
+        let output = Output::default();
+        output.collect(child.stdout.take().unwrap());
+        output.collect(child.stderr.take().unwrap());
+        let mounts = files.len() * copies as usize;
+        let out = output.clone();
+        let mut r = Replay {
+            child,
+            port,
+            output,
+        };
+        wait_for(Duration::from_secs(60), "replay mounts", || {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                panic!("replay exited with {status}: {}", out.text());
+            }
+            (out.text().matches("serving rtsp://").count() >= mounts).then_some(())
+        });
+        r
+    }
+
+    pub fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}/{mount}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `panoptes run` with a config file in a temporary directory.
+pub struct Panoptes {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub base: String,
+    pub output: Output,
+}
+
+impl Panoptes {
+    /// Starts panoptes with `cameras` (TOML `[[cameras]]` entries) and `extra` settings.
+    pub fn start(extra: &str, cameras: &str) -> Panoptes {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("panoptes.toml");
+        std::fs::write(&config, Self::config_text(dir.path(), port, extra, cameras)).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,panoptes=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start panoptes");
+        let output = Output::default();
+        output.collect(child.stdout.take().unwrap());
+        output.collect(child.stderr.take().unwrap());
+        let base = format!("http://127.0.0.1:{port}");
+        let out = output.clone();
+        let mut p = Panoptes {
+            child,
+            dir,
+            config,
+            base,
+            output,
+        };
+        let health = format!("{}/healthz", p.base);
+        wait_for(Duration::from_secs(30), "panoptes /healthz", || {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("panoptes exited with {status}: {}", out.text());
+            }
+            ureq::get(&health).call().ok().map(|_| ())
+        });
+        p
+    }
+
+    pub fn config_text(dir: &Path, port: u16, extra: &str, cameras: &str) -> String {
+        format!(
+            "data_dir = \"{}\"\n{extra}\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n{cameras}\n",
+            dir.join("data").display()
+        )
+    }
+
+    /// Rewrites the config file with new cameras (same port and settings).
+    pub fn rewrite(&self, extra: &str, cameras: &str) {
+        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        let tmp = self.dir.path().join("panoptes.toml.new");
+        std::fs::write(&tmp, Self::config_text(self.dir.path(), port, extra, cameras)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.base);
+        let mut resp = ureq::get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        resp.body_mut().read_json().unwrap()
+    }
+
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let url = format!("{}{path}", self.base);
+        match ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+        {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let body = r
+                    .body_mut()
+                    .with_config()
+                    .limit(64 * 1024 * 1024)
+                    .read_to_vec()
+                    .unwrap();
+                (status, body)
+            }
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    }
+
+    pub fn camera(&self, id: &str) -> Option<Value> {
+        self.get("/v1/cameras")["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+    }
+
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        wait_for(timeout, &format!("camera {id} to be {state}"), || {
+            self.camera(id).filter(|c| c["state"] == state)
+        })
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns (success, seconds taken).
+    pub fn stop(&mut self) -> (bool, f64) {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return (s.success(), started.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return (false, started.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Panoptes {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Width and height from a JPEG's start-of-frame marker.
+pub fn jpeg_size(jpeg: &[u8]) -> Option<(u32, u32)> {
+    if jpeg.get(..2) != Some(&[0xff, 0xd8]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 9 < jpeg.len() {
+        if jpeg[i] != 0xff {
+            return None;
+        }
+        let marker = jpeg[i + 1];
+        let len = usize::from(u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]));
+        if matches!(marker, 0xc0..=0xc3) {
+            let h = u16::from_be_bytes([jpeg[i + 5], jpeg[i + 6]]);
+            let w = u16::from_be_bytes([jpeg[i + 7], jpeg[i + 8]]);
+            return Some((u32::from(w), u32::from(h)));
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// What `gst-discoverer-1.0` says about a file: (duration in seconds, video codec text).
+pub fn discover(path: &Path) -> (f64, String) {
+    let out = Command::new("gst-discoverer-1.0")
+        .arg(path)
+        .output()
+        .expect("run gst-discoverer-1.0");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "gst-discoverer failed on {}: {text}", path.display());
+    let duration = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Duration: "))
+        .and_then(|d| {
+            let mut parts = d.trim().split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next()?.parse().ok()?;
+            Some(h * 3600.0 + m * 60.0 + s)
+        })
+        .unwrap_or_else(|| panic!("no duration in: {text}"));
+    (duration, text)
+}
