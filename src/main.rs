@@ -22,19 +22,34 @@ enum Command {
     /// Runs every role in one process (edge ingest and the API).
     Run {
         /// Config file.
-        #[arg(long, short, env = "PANOPTES_CONFIG", default_value = "config/panoptes.toml")]
+        #[arg(
+            long,
+            short,
+            env = "PANOPTES_CONFIG",
+            default_value = "config/panoptes.toml"
+        )]
         config: PathBuf,
     },
     /// Runs the edge role only: camera ingest, recording and sampling.
     Edge {
         /// Config file.
-        #[arg(long, short, env = "PANOPTES_CONFIG", default_value = "config/panoptes.toml")]
+        #[arg(
+            long,
+            short,
+            env = "PANOPTES_CONFIG",
+            default_value = "config/panoptes.toml"
+        )]
         config: PathBuf,
     },
     /// Checks a config file and prints every problem found.
     Validate {
         /// Config file.
-        #[arg(long, short, env = "PANOPTES_CONFIG", default_value = "config/panoptes.toml")]
+        #[arg(
+            long,
+            short,
+            env = "PANOPTES_CONFIG",
+            default_value = "config/panoptes.toml"
+        )]
         config: PathBuf,
     },
     /// Serves recorded MP4/MKV files over RTSP in a loop, without re-encoding.
@@ -78,8 +93,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => serve(config, Roles { edge: true, api: true }),
-        Command::Edge { config } => serve(config, Roles { edge: true, api: false }),
+        Command::Run { config } => serve(
+            config,
+            Roles {
+                edge: true,
+                api: true,
+            },
+        ),
+        Command::Edge { config } => serve(
+            config,
+            Roles {
+                edge: true,
+                api: false,
+            },
+        ),
         Command::Replay {
             listen,
             copies,

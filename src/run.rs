@@ -60,6 +60,7 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
         })
     };
 
+    let mut current = config.clone();
     let mut edge = if roles.edge {
         let mut edge = Edge::build(&config, store.clone(), bus.clone(), registry.clone())
             .context("cannot start the decoder pool")?;
@@ -115,10 +116,23 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
         applied = text;
         match config::load(&config_path) {
             Ok(new) => {
+                let settings = |c: &Config| Config {
+                    cameras: Vec::new(),
+                    ..c.clone()
+                };
+                if settings(&new) != settings(&current) {
+                    tracing::warn!(
+                        "settings outside [[cameras]] changed; they take effect after a restart"
+                    );
+                }
                 if let Some(edge) = &mut edge {
-                    tracing::info!(cameras = new.cameras.len(), "config changed; applying camera changes");
+                    tracing::info!(
+                        cameras = new.cameras.len(),
+                        "config changed; applying camera changes"
+                    );
                     edge.apply(&new.cameras).await;
                 }
+                current = new;
             }
             Err(errors) => {
                 for e in &errors.0 {

@@ -16,7 +16,11 @@ use panoptes::media::{DecodeJob, DecoderPool, Templates, VideoCodec};
 /// (codec_data, [(is_key, access unit)]) of the video track of a file.
 fn demux(path: &std::path::Path) -> (Bytes, Vec<(bool, Bytes)>) {
     gst::init().unwrap();
-    let demux = if path.extension().unwrap() == "mkv" { "matroskademux" } else { "qtdemux" };
+    let demux = if path.extension().unwrap() == "mkv" {
+        "matroskademux"
+    } else {
+        "qtdemux"
+    };
     let pipeline = gst::parse::launch(&format!(
         "filesrc location={} ! {demux} ! video/x-h264;video/x-h265 ! appsink name=sink sync=false",
         path.display()
@@ -24,7 +28,11 @@ fn demux(path: &std::path::Path) -> (Bytes, Vec<(bool, Bytes)>) {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut codec_data = Bytes::new();
     let mut frames = Vec::new();
@@ -44,22 +52,37 @@ fn demux(path: &std::path::Path) -> (Bytes, Vec<(bool, Bytes)>) {
 
 fn run_jobs(file: &str, codec: VideoCodec, prefix_len: usize) {
     let (codec_data, frames) = demux(&common::fixtures().join(file));
-    let keys: Vec<usize> = frames.iter().enumerate().filter(|(_, f)| f.0).map(|(i, _)| i).collect();
+    let keys: Vec<usize> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.0)
+        .map(|(i, _)| i)
+        .collect();
     assert!(keys.len() >= 5, "{file}: only {} keyframes", keys.len());
-    let media = MediaConfig { decoders: 1, ..MediaConfig::default() };
-    let sampling = SamplingConfig { max_width: 320, max_height: 320, ..SamplingConfig::default() };
+    let media = MediaConfig {
+        decoders: 1,
+        ..MediaConfig::default()
+    };
+    let sampling = SamplingConfig {
+        max_width: 320,
+        max_height: 320,
+        ..SamplingConfig::default()
+    };
     let templates = Templates::load(MediaProfile::Cpu, None).unwrap();
     let (pool, mut results) = DecoderPool::start(&media, &sampling, templates).unwrap();
     let camera: Arc<str> = Arc::from("cam");
     let jobs = 6;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     for (n, &k) in keys.iter().take(jobs).enumerate() {
         let job_frames: Vec<Bytes> = frames[k..(k + prefix_len).min(frames.len())]
             .iter()
             .map(|f| f.1.clone())
             .collect();
-        assert!(pool
-            .submit(DecodeJob {
+        assert!(
+            pool.submit(DecodeJob {
                 camera: camera.clone(),
                 codec,
                 codec_data: codec_data.clone(),
@@ -68,7 +91,8 @@ fn run_jobs(file: &str, codec: VideoCodec, prefix_len: usize) {
                 frames: job_frames,
                 capture_ns: n as i64,
             })
-            .is_none());
+            .is_none()
+        );
         let r = rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), results.recv()).await })
             .expect("a result within 10 s")

@@ -63,7 +63,10 @@ fn cameras_stream_sample_and_record_without_gaps() {
     }
     let lobby = p.camera("lobby").unwrap();
     assert_eq!(lobby["audio"]["codec"], "aac", "{lobby}");
-    assert!(u(&lobby["audio_chunks"]) >= 1, "no audio chunk published: {lobby}");
+    assert!(
+        u(&lobby["audio_chunks"]) >= 1,
+        "no audio chunk published: {lobby}"
+    );
 
     // Clips: consecutive segments, no gap, no overlap, each plays with the right length.
     for id in ["lobby", "hevc"] {
@@ -73,24 +76,37 @@ fn cameras_stream_sample_and_record_without_gaps() {
             (items.len() >= 3).then_some(items)
         });
         for pair in clips.windows(2) {
-            let end = chrono::DateTime::parse_from_rfc3339(pair[0]["end"].as_str().unwrap()).unwrap();
+            let end =
+                chrono::DateTime::parse_from_rfc3339(pair[0]["end"].as_str().unwrap()).unwrap();
             let start =
                 chrono::DateTime::parse_from_rfc3339(pair[1]["start"].as_str().unwrap()).unwrap();
             let gap_ms = (start - end).num_milliseconds().abs();
-            assert!(gap_ms <= 67, "gap of {gap_ms} ms between {} and {}", pair[0], pair[1]);
+            assert!(
+                gap_ms <= 67,
+                "gap of {gap_ms} ms between {} and {}",
+                pair[0],
+                pair[1]
+            );
         }
         for clip in &clips {
-            let start = chrono::DateTime::parse_from_rfc3339(clip["start"].as_str().unwrap()).unwrap();
+            let start =
+                chrono::DateTime::parse_from_rfc3339(clip["start"].as_str().unwrap()).unwrap();
             let end = chrono::DateTime::parse_from_rfc3339(clip["end"].as_str().unwrap()).unwrap();
             let want = (end - start).num_milliseconds() as f64 / 1000.0;
-            assert!(want >= 2.0 && want < 4.0, "segment length {want}s: {clip}");
+            assert!((2.0..4.0).contains(&want), "segment length {want}s: {clip}");
             let (status, body) = p.get_bytes(clip["url"].as_str().unwrap());
             assert_eq!(status, 200);
             assert_eq!(body.len() as u64, u(&clip["bytes"]));
-            let file = p.dir.path().join(format!("{}.mp4", clip["id"].as_str().unwrap()));
+            let file = p
+                .dir
+                .path()
+                .join(format!("{}.mp4", clip["id"].as_str().unwrap()));
             std::fs::write(&file, &body).unwrap();
             let (duration, text) = discover(&file);
-            assert!((duration - want).abs() < 0.1, "clip plays {duration}s, expected {want}s: {text}");
+            assert!(
+                (duration - want).abs() < 0.1,
+                "clip plays {duration}s, expected {want}s: {text}"
+            );
             let codec = if id == "hevc" { "H.265" } else { "H.264" };
             assert!(text.contains(codec), "{text}");
         }
@@ -98,7 +114,10 @@ fn cameras_stream_sample_and_record_without_gaps() {
     // Range requests for players that seek.
     let clip = &p.get("/v1/clips?camera=lobby")["items"][0];
     let url = format!("{}{}", p.base, clip["url"].as_str().unwrap());
-    let mut r = ureq::get(&url).header("Range", "bytes=0-99").call().unwrap();
+    let mut r = ureq::get(&url)
+        .header("Range", "bytes=0-99")
+        .call()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 206);
     assert_eq!(r.body_mut().read_to_vec().unwrap().len(), 100);
 
@@ -126,7 +145,10 @@ fn cameras_recover_when_the_server_comes_back() {
     p.wait_state("lobby", "streaming", Duration::from_secs(20));
     replay.kill();
     let c = p.wait_state("lobby", "backoff", Duration::from_secs(10));
-    assert!(c["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{c}");
+    assert!(
+        c["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{c}"
+    );
     let before = u(&c["frames_received"]);
     let _replay = Replay::start_on(port, &[fx.join("lobby.mp4")], 1);
     let c = p.wait_state("lobby", "streaming", Duration::from_secs(15));
@@ -157,16 +179,24 @@ fn bad_cameras_show_their_error_and_do_not_disturb_others() {
     p.wait_state("secret", "streaming", Duration::from_secs(20));
     for id in ["wrong-path", "refused"] {
         let c = wait_for(Duration::from_secs(15), "an error", || {
-            p.camera(id).filter(|c| c["last_error"].is_string() && c["reconnects"].as_u64() >= Some(2))
+            p.camera(id)
+                .filter(|c| c["last_error"].is_string() && c["reconnects"].as_u64() >= Some(2))
         });
         assert_ne!(c["state"], "streaming", "{c}");
         eprintln!("{id}: {}", c["last_error"]);
     }
     let wrong = p.camera("wrong-path").unwrap();
-    assert!(wrong["last_error"].as_str().unwrap().contains("404"), "{wrong}");
+    assert!(
+        wrong["last_error"].as_str().unwrap().contains("404"),
+        "{wrong}"
+    );
     let refused_cam = p.camera("refused").unwrap();
     assert!(
-        refused_cam["last_error"].as_str().unwrap().to_lowercase().contains("refused"),
+        refused_cam["last_error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("refused"),
         "{refused_cam}"
     );
     // The good camera keeps its frame rate while the others fail.
@@ -174,16 +204,28 @@ fn bad_cameras_show_their_error_and_do_not_disturb_others() {
     std::thread::sleep(Duration::from_secs(4));
     let good = p.camera("good").unwrap();
     let rate = (u(&good["frames_received"]) - a) as f64 / 4.0;
-    assert!((rate - 15.0).abs() < 2.0, "good camera at {rate} fps: {good}");
+    assert!(
+        (rate - 15.0).abs() < 2.0,
+        "good camera at {rate} fps: {good}"
+    );
     assert_eq!(u(&good["reconnects"]), 0, "{good}");
 
     // The password appears nowhere a user or operator can see.
     let mut seen = String::new();
-    for path in ["/v1/cameras", "/v1/cameras/refused", "/v1/cameras/secret", "/v1/clips", "/metrics"] {
+    for path in [
+        "/v1/cameras",
+        "/v1/cameras/refused",
+        "/v1/cameras/secret",
+        "/v1/clips",
+        "/metrics",
+    ] {
         seen.push_str(&String::from_utf8_lossy(&p.get_bytes(path).1));
     }
     seen.push_str(&p.output.text());
-    assert!(p.output.text().contains("camera session ended"), "logs were not captured");
+    assert!(
+        p.output.text().contains("camera session ended"),
+        "logs were not captured"
+    );
     assert!(!seen.contains(password), "the camera password leaked");
 }
 
@@ -199,7 +241,9 @@ fn cameras_added_and_removed_in_the_config_file_start_and_stop() {
 
     let two = one.clone() + &camera("photos", &replay.url("photos"));
     p.rewrite(FAST, &two);
-    wait_for(Duration::from_secs(5), "photos to start", || p.camera("photos"));
+    wait_for(Duration::from_secs(5), "photos to start", || {
+        p.camera("photos")
+    });
     p.wait_state("photos", "streaming", Duration::from_secs(15));
 
     p.rewrite(FAST, &camera("photos", &replay.url("photos")));
@@ -228,7 +272,13 @@ fn sigterm_stores_the_open_clip_and_exits() {
     let mut p = Panoptes::start(&extra, &camera("lobby", &replay.url("lobby")));
     p.wait_state("lobby", "streaming", Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(p.get("/v1/clips?camera=lobby")["items"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        p.get("/v1/clips?camera=lobby")["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let (ok, secs) = p.stop();
     assert!(ok, "unclean exit: {}", p.output.text());
     assert!(secs < 10.0, "shutdown took {secs}s");

@@ -14,7 +14,8 @@ fn validate(text: &str) -> (bool, String) {
         .env_remove("CAM_PASSWORD")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -38,8 +39,14 @@ fps = 15
 "#,
     );
     assert!(!ok, "{out}");
-    assert!(out.contains("bad.toml: sampling.interval: invalid value"), "{out}");
-    assert!(out.contains("cameras[0].url: credentials must not be inside the URL"), "{out}");
+    assert!(
+        out.contains("bad.toml: sampling.interval: invalid value"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cameras[0].url: credentials must not be inside the URL"),
+        "{out}"
+    );
     assert!(out.contains("cameras[1].fps: unknown field `fps`"), "{out}");
     assert!(out.contains("3 problems"), "{out}");
     assert!(!out.contains("hunter2"), "the password was printed: {out}");
@@ -85,5 +92,9 @@ fn the_demo_config_is_valid() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/panoptes.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

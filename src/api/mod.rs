@@ -143,12 +143,15 @@ async fn get_snapshot(State(s): State<AppState>, Path(id): Path<String>) -> Resp
             ],
             [(
                 header::LAST_MODIFIED,
-                HeaderValue::from_str(&snap.at.to_rfc2822()).unwrap_or(HeaderValue::from_static("")),
+                HeaderValue::from_str(&snap.at.to_rfc2822())
+                    .unwrap_or(HeaderValue::from_static("")),
             )],
             snap.jpeg,
         )
             .into_response(),
-        None => ApiError::not_found(format!("camera \"{id}\" has no sampled frame yet")).into_response(),
+        None => {
+            ApiError::not_found(format!("camera \"{id}\" has no sampled frame yet")).into_response()
+        }
     }
 }
 
@@ -183,8 +186,8 @@ async fn list_clips(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let to = parse_time("to", q.to.as_deref())?.unwrap_or_else(Utc::now);
-    let from = parse_time("from", q.from.as_deref())?
-        .unwrap_or_else(|| to - chrono::Duration::hours(24));
+    let from =
+        parse_time("from", q.from.as_deref())?.unwrap_or_else(|| to - chrono::Duration::hours(24));
     if from > to {
         return Err(ApiError::bad_request("from must not be after to"));
     }
@@ -240,9 +243,7 @@ async fn get_clip(State(s): State<AppState>, Path(id): Path<String>, req: Reques
         return ApiError::not_found(format!("no clip \"{id}\"")).into_response();
     };
     // ServeFile answers Range requests, which players use to seek.
-    match ServeFile::new(path).oneshot(req)
-        .await
-    {
+    match ServeFile::new(path).oneshot(req).await {
         Ok(r) => r.into_response(),
         Err(e) => ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -99,7 +99,9 @@ impl MemoryBus {
         let mut dropped = false;
         {
             let mut st = stream.state.lock().expect("bus lock poisoned");
-            if st.ready.len() + st.in_flight.len() >= stream.capacity && st.ready.pop_front().is_some() {
+            if st.ready.len() + st.in_flight.len() >= stream.capacity
+                && st.ready.pop_front().is_some()
+            {
                 dropped = true;
             }
             let seq = st.next_seq;
@@ -132,7 +134,12 @@ impl MemoryBus {
 
     /// Messages that exhausted their deliveries, oldest first (the `panoptes.dlq.<kind>` subject).
     pub fn dead_letters(&self) -> Vec<Message> {
-        self.dlq.lock().expect("dlq lock poisoned").iter().cloned().collect()
+        self.dlq
+            .lock()
+            .expect("dlq lock poisoned")
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -239,7 +246,12 @@ impl MemoryDelivery {
             }
             dlq.push_back(dead);
             self.stream.dead_lettered.increment(1);
-            tracing::warn!(stream = self.stream.kind.as_str(), deliveries = n, error, "message dead-lettered");
+            tracing::warn!(
+                stream = self.stream.kind.as_str(),
+                deliveries = n,
+                error,
+                "message dead-lettered"
+            );
         } else {
             st.ready.push_front((self.seq, msg, n));
             drop(st);
@@ -278,7 +290,10 @@ mod tests {
         let bus = bus(2, 3, Duration::from_secs(30));
         assert_eq!(publish(&bus, "a", b"1").await, Published::Stored);
         assert_eq!(publish(&bus, "a", b"2").await, Published::Stored);
-        assert_eq!(publish(&bus, "a", b"3").await, Published::StoredDroppedOldest);
+        assert_eq!(
+            publish(&bus, "a", b"3").await,
+            Published::StoredDroppedOldest
+        );
         let mut c = bus.consumer(StreamKind::Frames, "infer").await.unwrap();
         let d = c.next(Duration::from_millis(10)).await.unwrap();
         assert_eq!(&d.message().payload[..], b"2");

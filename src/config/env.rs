@@ -57,16 +57,15 @@ pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!(
                 "\"${{{inner}}}\" is not a variable reference; use ${{NAME}} or ${{NAME:-default}}"
             ));
         }
-        match env(name).filter(|v| !v.is_empty()).or(default.map(str::to_string)) {
+        match env(name)
+            .filter(|v| !v.is_empty())
+            .or(default.map(str::to_string))
+        {
             Some(v) => out.push_str(&v),
             None => {
                 return Err(format!(

@@ -44,7 +44,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} problem{} in the config:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} problem{} in the config:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  {e}")?;
         }
@@ -530,7 +534,10 @@ pub fn load_str(
         match serde_path_to_error::deserialize::<_, CameraConfig>(raw) {
             Ok(c) => cameras.push(Some(c)),
             Err(e) => {
-                errors.push(err(&join_path(&format!("cameras[{i}]"), &e), serde_message(e.inner())));
+                errors.push(err(
+                    &join_path(&format!("cameras[{i}]"), &e),
+                    serde_message(e.inner()),
+                ));
                 cameras.push(None);
             }
         }
@@ -589,27 +596,43 @@ fn serde_message(e: &toml::de::Error) -> String {
 /// `cameras` keeps `None` where an entry failed to parse, so indexes match the file.
 fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, String)> {
     let mut errors = Vec::new();
-    let push = |errors: &mut Vec<(String, String)>, f: String, m: &str| {
-        errors.push((f, m.to_string()))
-    };
+    let push =
+        |errors: &mut Vec<(String, String)>, f: String, m: &str| errors.push((f, m.to_string()));
     let s = &config.sampling;
     if s.interval.is_zero() {
-        push(&mut errors, "sampling.interval".into(), "must be greater than zero, e.g. \"10s\"");
+        push(
+            &mut errors,
+            "sampling.interval".into(),
+            "must be greater than zero, e.g. \"10s\"",
+        );
     }
     if s.max_width < 16 || s.max_height < 16 {
-        push(&mut errors, 
+        push(
+            &mut errors,
             "sampling.max_width".into(),
             "max_width and max_height must be at least 16 pixels",
         );
     }
     if !(1..=100).contains(&s.jpeg_quality) {
-        push(&mut errors, "sampling.jpeg_quality".into(), "must be between 1 and 100");
+        push(
+            &mut errors,
+            "sampling.jpeg_quality".into(),
+            "must be between 1 and 100",
+        );
     }
     if s.audio_chunk < Duration::from_millis(100) {
-        push(&mut errors, "sampling.audio_chunk".into(), "must be at least 100ms");
+        push(
+            &mut errors,
+            "sampling.audio_chunk".into(),
+            "must be at least 100ms",
+        );
     }
     if config.recording.segment < Duration::from_secs(1) {
-        push(&mut errors, "recording.segment".into(), "must be at least 1s");
+        push(
+            &mut errors,
+            "recording.segment".into(),
+            "must be at least 1s",
+        );
     }
     if config.media.decoders == 0 {
         push(&mut errors, "media.decoders".into(), "must be at least 1");
@@ -618,7 +641,8 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
         push(&mut errors, "media.queue".into(), "must be at least 1");
     }
     if config.bus.frames_capacity == 0 || config.bus.audio_capacity == 0 {
-        push(&mut errors, 
+        push(
+            &mut errors,
             "bus.frames_capacity".into(),
             "queue capacities must be at least 1",
         );
@@ -638,7 +662,8 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
         }
     }
     if e.backoff_max < e.backoff_initial {
-        push(&mut errors, 
+        push(
+            &mut errors,
             "edge.backoff_max".into(),
             "must be at least edge.backoff_initial",
         );
@@ -654,7 +679,8 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            push(&mut errors, 
+            push(
+                &mut errors,
                 at("id"),
                 "must be 1-64 characters of letters, digits, '-' or '_'",
             );
@@ -679,7 +705,10 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
                         ),
                     ));
                 } else if u.host_str().is_none_or(str::is_empty) {
-                    errors.push((at("url"), "has no host; expected rtsp://host[:port]/path".into()));
+                    errors.push((
+                        at("url"),
+                        "has no host; expected rtsp://host[:port]/path".into(),
+                    ));
                 }
                 if !u.username().is_empty() || u.password().is_some() {
                     errors.push((
@@ -750,7 +779,10 @@ fps = 3
         assert!(fields.contains(&"cameras[2].fps"), "{errs:?}");
         let url_err = errs.iter().find(|e| e.field == "cameras[0].url").unwrap();
         assert!(url_err.message.contains("credentials"));
-        assert!(!format!("{errs:?}").contains("pw@"), "credentials leaked into errors");
+        assert!(
+            !format!("{errs:?}").contains("pw@"),
+            "credentials leaked into errors"
+        );
     }
 
     #[test]

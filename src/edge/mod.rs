@@ -66,7 +66,8 @@ impl Edge {
         bus: Bus,
         registry: Arc<CameraRegistry>,
     ) -> Result<Edge, MediaError> {
-        let templates = Templates::load(config.media.profile, config.media.pipelines_dir.as_deref())?;
+        let templates =
+            Templates::load(config.media.profile, config.media.pipelines_dir.as_deref())?;
         let (pool, results) = DecoderPool::start(&config.media, &config.sampling, templates)?;
         tracing::info!(
             profile = config.media.profile.name(),
@@ -194,10 +195,16 @@ async fn publish_frames(
             ("pts".to_string(), frame.capture_ns.to_string()),
             ("width".to_string(), frame.width.to_string()),
             ("height".to_string(), frame.height.to_string()),
-            ("Nats-Msg-Id".to_string(), format!("{camera}:{}", frame.capture_ns)),
+            (
+                "Nats-Msg-Id".to_string(),
+                format!("{camera}:{}", frame.capture_ns),
+            ),
         ];
         let subject = StreamKind::Frames.subject(&camera);
-        if let Err(e) = bus.publish(subject, headers, Bytes::clone(&frame.jpeg)).await {
+        if let Err(e) = bus
+            .publish(subject, headers, Bytes::clone(&frame.jpeg))
+            .await
+        {
             tracing::warn!(camera = %camera, error = %e, "frame not published");
         }
     }

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use super::EdgeShared;
 use super::status::CameraStatus;
 use crate::bus::{Bus, StreamKind};
 use crate::media::mp4::Mp4Writer;
@@ -76,24 +77,23 @@ impl Recorder {
     /// A recorder for a session whose stream is described by `sample_entry`.
     pub fn new(
         camera: Arc<str>,
-        store: ObjectStore,
-        bus: Bus,
+        shared: &EdgeShared,
         status: Arc<CameraStatus>,
-        segment_secs: f64,
         clock: Clock,
         sample_entry: Vec<u8>,
         dims: (u32, u32),
     ) -> Recorder {
         let label = camera.to_string();
+        let segment_secs = shared.recording.segment.as_secs_f64();
         Recorder {
             segment_ticks: (segment_secs * f64::from(clock.rate)) as i64,
             last_duration: clock.rate / 15,
             segments: metrics::counter!("panoptes_recorder_segments_total", "camera" => label.clone()),
             bytes: metrics::counter!("panoptes_recorder_bytes_total", "camera" => label.clone()),
             errors: metrics::counter!("panoptes_recorder_errors_total", "camera" => label),
+            store: shared.store.clone(),
+            bus: shared.bus.clone(),
             camera,
-            store,
-            bus,
             status,
             clock,
             sample_entry,
@@ -157,7 +157,12 @@ impl Recorder {
     fn open(&mut self, ts: i64) {
         let path = self.spool_path(ts);
         match Mp4Writer::create(&path, self.sample_entry.clone(), self.dims, self.clock.rate) {
-            Ok(writer) => self.current = Some(Segment { writer, start_ts: ts }),
+            Ok(writer) => {
+                self.current = Some(Segment {
+                    writer,
+                    start_ts: ts,
+                })
+            }
             Err(e) => {
                 self.errors.increment(1);
                 tracing::error!(camera = %self.camera, path = %path.display(), error = %e, "cannot open clip segment");

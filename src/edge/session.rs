@@ -14,8 +14,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use retina::client::{
-    Credentials, Demuxed, InitialSequenceNumberPolicy, PlayOptions, SessionOptions,
-    SetupOptions, TcpTransportOptions, Transport as RtspTransport, UdpTransportOptions,
+    Credentials, Demuxed, InitialSequenceNumberPolicy, PlayOptions, SessionOptions, SetupOptions,
+    TcpTransportOptions, Transport as RtspTransport, UdpTransportOptions,
 };
 use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoFrame};
 use tokio_util::sync::CancellationToken;
@@ -118,7 +118,10 @@ impl CameraTask {
             tracing::warn!(camera = %self.id, error = %message, retry_in_ms = delay.as_millis() as u64, "camera session ended");
             self.status.set_error(message);
             self.status.set_state(CameraState::Backoff);
-            self.status.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.status
+                .counters
+                .reconnects
+                .fetch_add(1, Ordering::Relaxed);
             metrics.reconnects.increment(1);
             tokio::select! {
                 biased;
@@ -139,7 +142,8 @@ impl CameraTask {
     }
 
     async fn connect(&self) -> Result<(Demuxed, usize, Option<usize>, VideoCodec), SessionError> {
-        let url = url::Url::parse(&self.camera.url).map_err(|e| SessionError::Url(e.to_string()))?;
+        let url =
+            url::Url::parse(&self.camera.url).map_err(|e| SessionError::Url(e.to_string()))?;
         let creds = self.camera.username.as_ref().map(|u| Credentials {
             username: u.clone(),
             password: self
@@ -296,11 +300,14 @@ impl CameraTask {
         metrics: &Metrics,
     ) {
         let counters = &self.status.counters;
-        let key = frame.is_random_access_point();
+        let key = frame.is_random_access_point()
+            || (st.codec == VideoCodec::H265 && crate::media::h265_is_irap(frame.data()));
         let ts = frame.timestamp().timestamp();
         let rate = frame.timestamp().clock_rate().get();
         counters.frames_received.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(frame.data().len() as u64, Ordering::Relaxed);
+        counters
+            .bytes
+            .fetch_add(frame.data().len() as u64, Ordering::Relaxed);
         metrics.frames.increment(1);
         metrics.bytes.increment(frame.data().len() as u64);
         if key {
@@ -368,7 +375,13 @@ impl CameraTask {
         }
         let fps = v
             .frame_rate()
-            .map(|(n, d)| if n > 0 { f64::from(d) / f64::from(n) } else { 0.0 })
+            .map(|(n, d)| {
+                if n > 0 {
+                    f64::from(d) / f64::from(n)
+                } else {
+                    0.0
+                }
+            })
             .unwrap_or(0.0);
         self.status.set_video(VideoInfo {
             codec: st.codec.as_str(),
@@ -391,10 +404,8 @@ impl CameraTask {
             None if self.camera.records(&self.shared.recording) => {
                 st.recorder = Some(Recorder::new(
                     self.id.clone(),
-                    self.shared.store.clone(),
-                    self.shared.bus.clone(),
+                    &self.shared,
                     self.status.clone(),
-                    self.shared.recording.segment.as_secs_f64(),
                     clock,
                     entry,
                     dims,
@@ -481,7 +492,10 @@ impl CameraTask {
             ("start-ns".to_string(), start.to_string()),
             ("end-ns".to_string(), end.to_string()),
             ("sample-rate".to_string(), SAMPLE_RATE.to_string()),
-            ("Nats-Msg-Id".to_string(), format!("{}:audio:{start}", self.id)),
+            (
+                "Nats-Msg-Id".to_string(),
+                format!("{}:audio:{start}", self.id),
+            ),
         ];
         if self
             .shared

@@ -265,7 +265,11 @@ impl CameraRegistry {
 
     /// One camera.
     pub fn get(&self, id: &str) -> Option<Arc<CameraStatus>> {
-        self.cameras.read().expect("registry poisoned").get(id).cloned()
+        self.cameras
+            .read()
+            .expect("registry poisoned")
+            .get(id)
+            .cloned()
     }
 
     /// All cameras, ordered by id.

@@ -54,7 +54,11 @@ pub struct AudioDecoder {
 impl AudioDecoder {
     /// A decoder for AAC with `config` (the AudioSpecificConfig from the SDP), emitting chunks
     /// of `chunk_secs` seconds. `clock_rate` is the RTP clock of the stream's timestamps.
-    pub fn aac(config: &[u8], clock_rate: u32, chunk_secs: f64) -> Result<AudioDecoder, AudioError> {
+    pub fn aac(
+        config: &[u8],
+        clock_rate: u32,
+        chunk_secs: f64,
+    ) -> Result<AudioDecoder, AudioError> {
         let mut params = CodecParameters::new();
         params
             .for_codec(CODEC_TYPE_AAC)

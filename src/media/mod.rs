@@ -89,8 +89,14 @@ struct TemplateFile {
 
 const BUILTIN: [(MediaProfile, &str); 3] = [
     (MediaProfile::Cpu, include_str!("../../pipelines/cpu.toml")),
-    (MediaProfile::Nvidia, include_str!("../../pipelines/nvidia.toml")),
-    (MediaProfile::Vaapi, include_str!("../../pipelines/vaapi.toml")),
+    (
+        MediaProfile::Nvidia,
+        include_str!("../../pipelines/nvidia.toml"),
+    ),
+    (
+        MediaProfile::Vaapi,
+        include_str!("../../pipelines/vaapi.toml"),
+    ),
 ];
 
 impl Templates {
@@ -264,7 +270,12 @@ impl DecoderPool {
 
     /// Jobs waiting.
     pub fn queued(&self) -> usize {
-        self.queue.jobs.lock().expect("decoder queue poisoned").0.len()
+        self.queue
+            .jobs
+            .lock()
+            .expect("decoder queue poisoned")
+            .0
+            .len()
     }
 
     /// Finishes the queued jobs, then stops the workers.
@@ -349,6 +360,28 @@ impl Worker {
     }
 }
 
+/// Whether an H.265 access unit (4-byte length-prefixed NAL units) starts a random access
+/// point: a BLA, IDR or CRA picture (NAL types 16-21). retina flags only IDR pictures, but
+/// encoders with open GOPs (x265's default, many cameras) put CRA pictures at keyframes.
+pub fn h265_is_irap(au: &[u8]) -> bool {
+    let mut rest = au;
+    while rest.len() > 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(nal) = rest.get(4..4 + len) else {
+            return false;
+        };
+        if let Some(&h) = nal.first() {
+            let kind = (h >> 1) & 0x3f;
+            if kind < 32 {
+                // The first picture NAL decides.
+                return (16..=21).contains(&kind);
+            }
+        }
+        rest = &rest[4 + len..];
+    }
+    false
+}
+
 /// The largest size within `max` with the aspect ratio of `w`x`h`, never upscaled, even.
 pub fn output_size(w: u32, h: u32, max: (u32, u32)) -> (u32, u32) {
     if w == 0 || h == 0 {
@@ -418,11 +451,18 @@ impl Decoder {
         let key = (job.codec_data.clone(), out);
         if self.caps_key.as_ref() != Some(&key) {
             let caps = match job.codec {
-                VideoCodec::H264 => gst::Caps::builder("video/x-h264").field("stream-format", "avc"),
-                VideoCodec::H265 => gst::Caps::builder("video/x-h265").field("stream-format", "hvc1"),
+                VideoCodec::H264 => {
+                    gst::Caps::builder("video/x-h264").field("stream-format", "avc")
+                }
+                VideoCodec::H265 => {
+                    gst::Caps::builder("video/x-h265").field("stream-format", "hvc1")
+                }
             }
             .field("alignment", "au")
-            .field("codec_data", gst::Buffer::from_slice(job.codec_data.clone()))
+            .field(
+                "codec_data",
+                gst::Buffer::from_slice(job.codec_data.clone()),
+            )
             .field("panoptes-generation", self.generation)
             .build();
             self.src.set_caps(Some(&caps));
@@ -463,9 +503,9 @@ impl Decoder {
         // tens of milliseconds; streams found to need it skip straight to the drain.
         let drains = self.needs_drain.contains(&job.codec_data);
         if !drains
-            && let Some(sample) = self
-                .sink
-                .try_pull_sample(gst::ClockTime::from_mseconds(FAST_TIMEOUT.as_millis() as u64))
+            && let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(
+                FAST_TIMEOUT.as_millis() as u64,
+            ))
         {
             return picture(&sample, out);
         }
@@ -475,7 +515,7 @@ impl Decoder {
         let mut last = None;
         loop {
             match self.sink.try_pull_sample(gst::ClockTime::from_mseconds(
-                PULL_TIMEOUT.as_millis() as u64,
+                PULL_TIMEOUT.as_millis() as u64
             )) {
                 Some(s) => last = Some(s),
                 None => {
@@ -577,6 +617,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn h265_random_access_points() {
+        let au = |types: &[u8]| -> Vec<u8> {
+            types
+                .iter()
+                .flat_map(|t| [0, 0, 0, 3, t << 1, 1, 0xaa])
+                .collect()
+        };
+        assert!(h265_is_irap(&au(&[35, 21]))); // AUD, CRA
+        assert!(h265_is_irap(&au(&[19]))); // IDR_W_RADL
+        assert!(!h265_is_irap(&au(&[35, 1]))); // AUD, TRAIL_R
+        assert!(!h265_is_irap(&[0, 0, 0, 9, 1])); // truncated
+    }
+
+    #[test]
     fn output_size_keeps_aspect_and_never_upscales() {
         assert_eq!(output_size(1920, 1080, (640, 640)), (640, 360));
         assert_eq!(output_size(640, 360, (1280, 720)), (640, 360));
@@ -589,7 +643,10 @@ mod tests {
         for profile in [MediaProfile::Cpu, MediaProfile::Nvidia, MediaProfile::Vaapi] {
             let t = Templates::load(profile, None).unwrap();
             assert!(t.description(VideoCodec::H264, 80).contains("quality=80"));
-            assert!(t.description(VideoCodec::H265, 80).contains("appsink name=sink"));
+            assert!(
+                t.description(VideoCodec::H265, 80)
+                    .contains("appsink name=sink")
+            );
         }
     }
 }

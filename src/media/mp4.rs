@@ -68,7 +68,8 @@ impl Mp4Writer {
 
     /// Appends one access unit (4-byte length-prefixed NAL units) lasting `duration` ticks.
     pub fn push(&mut self, data: &[u8], duration: u32, is_sync: bool) -> std::io::Result<()> {
-        let size = u32::try_from(data.len()).map_err(|_| std::io::Error::other("sample too large"))?;
+        let size =
+            u32::try_from(data.len()).map_err(|_| std::io::Error::other("sample too large"))?;
         if self.mdat_bytes + u64::from(size) > u64::from(u32::MAX) - 8 - 32 {
             return Err(std::io::Error::other("segment larger than 4 GiB"));
         }

@@ -61,9 +61,8 @@ impl Sampler {
             self.last_key = Some(ts);
             self.since_key.clear();
         }
-        if self.last_key.is_none() {
-            return None; // nothing is decodable before the first keyframe
-        }
+        // Nothing is decodable before the first keyframe.
+        self.last_key?;
         // Keyframes arrive once per GOP, give or take jitter: half a GOP of slack keeps an
         // interval of N GOPs at N GOPs (an exact comparison drifts to N + 1).
         let slack = match self.gop {
@@ -102,7 +101,10 @@ mod tests {
         let mut s = Sampler::new(interval_frames * tick);
         let data = Bytes::from_static(b"au");
         (0..frames)
-            .filter_map(|i| s.on_frame(i * tick, i % gop == 0, &data).map(|j| (i, j.len())))
+            .filter_map(|i| {
+                s.on_frame(i * tick, i % gop == 0, &data)
+                    .map(|j| (i, j.len()))
+            })
             .collect()
     }
 

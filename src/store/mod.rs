@@ -60,7 +60,10 @@ pub struct ClipRecord {
 
 /// The object key of a clip.
 pub fn clip_key(camera: &str, start_ms: i64, end_ms: i64) -> String {
-    format!("clips/{camera}/{}/{start_ms}-{end_ms}.mp4", date_of(start_ms))
+    format!(
+        "clips/{camera}/{}/{start_ms}-{end_ms}.mp4",
+        date_of(start_ms)
+    )
 }
 
 /// The object key of a snapshot.
@@ -177,7 +180,9 @@ impl ObjectStore {
                     if end <= from_ms || start >= to_ms {
                         continue;
                     }
-                    let bytes = std::fs::metadata(dir.join(&name)).map(|m| m.len()).unwrap_or(0);
+                    let bytes = std::fs::metadata(dir.join(&name))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     let id = format!("{cam}-{start}-{end}");
                     out.push(ClipRecord {
                         url: format!("/v1/clips/{id}"),
@@ -238,7 +243,10 @@ mod tests {
         for (s, e) in [(a, a + 10_000), (a + 10_000, a + 20_000), (b, b + 10_000)] {
             store.put_bytes(&clip_key("cam", s, e), b"mp4").unwrap();
         }
-        assert_eq!(store.list_clips(Some("cam"), a + 5_000, a + 15_000).len(), 2);
+        assert_eq!(
+            store.list_clips(Some("cam"), a + 5_000, a + 15_000).len(),
+            2
+        );
         assert_eq!(store.list_clips(Some("cam"), a, b + 1).len(), 3);
         assert_eq!(store.list_clips(None, b, b + 1).len(), 1);
         assert_eq!(store.list_clips(Some("other"), a, b).len(), 0);

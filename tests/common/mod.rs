@@ -194,7 +194,11 @@ impl Panoptes {
     pub fn rewrite(&self, extra: &str, cameras: &str) {
         let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
         let tmp = self.dir.path().join("panoptes.toml.new");
-        std::fs::write(&tmp, Self::config_text(self.dir.path(), port, extra, cameras)).unwrap();
+        std::fs::write(
+            &tmp,
+            Self::config_text(self.dir.path(), port, extra, cameras),
+        )
+        .unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
     }
 
@@ -301,7 +305,11 @@ pub fn discover(path: &Path) -> (f64, String) {
         .output()
         .expect("run gst-discoverer-1.0");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "gst-discoverer failed on {}: {text}", path.display());
+    assert!(
+        out.status.success(),
+        "gst-discoverer failed on {}: {text}",
+        path.display()
+    );
     let duration = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Duration: "))
