@@ -207,6 +207,7 @@ struct Result_ {
     rss_mib: f64,
     clips: u64,
     samples: u64,
+    dropped: u64,
     replay_cores: f64,
 }
 
@@ -288,7 +289,7 @@ fn panoptes(replay: &Replay, n: usize, a: &Args, bytes_per_frame: &mut f64) -> R
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(a.warmup));
-    let snapshot = || -> HashMap<String, (u64, u64, u64, u64)> {
+    let snapshot = || -> HashMap<String, (u64, u64, u64, u64, u64)> {
         get_json(&format!("{base}/v1/cameras"))["items"]
             .as_array()
             .unwrap()
@@ -313,7 +314,8 @@ fn panoptes(replay: &Replay, n: usize, a: &Args, bytes_per_frame: &mut f64) -> R
     let (cores, rss, replay_cores) = measure(&|| vec![pid], replay.child.id(), a.secs);
     let wall = t0.elapsed().as_secs_f64();
     let after = snapshot();
-    let (mut frames, mut clips, mut samples, mut bytes, mut held) = (0u64, 0, 0, 0u64, 0);
+    let (mut frames, mut clips, mut samples, mut bytes, mut held, mut dropped) =
+        (0u64, 0, 0, 0u64, 0, 0);
     for (id, a1) in &after {
         let b = before.get(id).copied().unwrap_or_default();
         let f = a1.0 - b.0;
@@ -321,6 +323,7 @@ fn panoptes(replay: &Replay, n: usize, a: &Args, bytes_per_frame: &mut f64) -> R
         clips += a1.1 - b.1;
         samples += a1.2 - b.2;
         bytes += a1.3 - b.3;
+        dropped += a1.4 - b.4;
         if f as f64 >= 0.95 * FPS * wall {
             held += 1;
         }
@@ -341,6 +344,7 @@ fn panoptes(replay: &Replay, n: usize, a: &Args, bytes_per_frame: &mut f64) -> R
         rss_mib: rss,
         clips,
         samples,
+        dropped,
         replay_cores,
     }
 }
@@ -455,6 +459,7 @@ fn peer(
         rss_mib: rss,
         clips,
         samples: 0,
+        dropped: 0,
         replay_cores,
     }
 }
@@ -471,21 +476,22 @@ fn main() {
     let mut rows = Vec::new();
     for &n in &a.counts {
         eprintln!("N = {n}");
-        let replay = Replay::start(&file, n);
+        // A fresh replay server per system, so no system inherits another's sessions.
         let mut bytes_per_frame = 0.0;
-        let p = panoptes(&replay, n, &a, &mut bytes_per_frame);
+        let p = panoptes(&Replay::start(&file, n), n, &a, &mut bytes_per_frame);
         let mut group = vec![p];
         if a.peers {
             let m = n.min(a.peer_max);
             for system in ["gstreamer", "ffmpeg"] {
                 eprintln!("  {system}: {m} cameras");
+                let replay = Replay::start(&file, n);
                 group.push(peer(system, &replay, m, &a, bytes_per_frame));
             }
         }
         rows.push(group);
     }
     println!(
-        "\n| N | system | cameras | real-time | held >= 95% | CPU cores | RSS MiB | clips | samples | replay cores | held per core | Panoptes ratio |"
+        "\n| N | system | cameras | real-time | held >= 95% | CPU cores | RSS MiB | clips | samples (dropped) | replay cores | held per core | Panoptes ratio |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for group in &rows {
@@ -499,7 +505,7 @@ fn main() {
                 "n/a (held none)".to_string()
             };
             println!(
-                "| {} | {} | {} | {:.1}% | {} | {:.2} | {:.0} | {} | {} | {:.2} | {:.0} | {} |",
+                "| {} | {} | {} | {:.1}% | {} | {:.2} | {:.0} | {} | {} ({}) | {:.2} | {:.0} | {} |",
                 group[0].cameras,
                 r.system,
                 r.cameras,
@@ -509,6 +515,7 @@ fn main() {
                 r.rss_mib,
                 r.clips,
                 r.samples,
+                r.dropped,
                 r.replay_cores,
                 r.held_per_core(),
                 ratio

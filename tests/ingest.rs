@@ -38,10 +38,13 @@ fn u(v: &Value) -> u64 {
 fn cameras_stream_sample_and_record_without_gaps() {
     let fx = fixtures();
     let replay = Replay::start(&[fx.join("lobby.mp4"), fx.join("lobby-h265.mkv")], 1);
-    let cams = camera("lobby", &replay.url("lobby")) + &camera("hevc", &replay.url("lobby-h265"));
+    let cams = camera("lobby", &replay.url("lobby"))
+        + &camera("hevc", &replay.url("lobby-h265"))
+        + &camera("udp", &replay.url("lobby"))
+        + "transport = \"udp\"\naudio = false\n";
     let p = Panoptes::start(FAST, &cams);
 
-    for (id, codec) in [("lobby", "h264"), ("hevc", "h265")] {
+    for (id, codec) in [("lobby", "h264"), ("hevc", "h265"), ("udp", "h264")] {
         let c = p.wait_state(id, "streaming", Duration::from_secs(20));
         assert_eq!(c["video"]["codec"], codec, "{c}");
         assert_eq!(c["video"]["width"], 640, "{c}");
@@ -49,7 +52,7 @@ fn cameras_stream_sample_and_record_without_gaps() {
     }
     // The frame rate is measured from timestamps: let it settle over a few seconds.
     std::thread::sleep(Duration::from_secs(8));
-    for id in ["lobby", "hevc"] {
+    for id in ["lobby", "hevc", "udp"] {
         let c = p.camera(id).unwrap();
         let fps = c["video"]["fps"].as_f64().unwrap();
         assert!((fps - 15.0).abs() < 1.0, "{id}: fps {fps}: {c}");

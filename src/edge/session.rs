@@ -371,7 +371,8 @@ impl CameraTask {
         st.codec_data = Bytes::copy_from_slice(v.extra_data());
         let interval_ticks = (st.sample_interval.as_secs_f64() * f64::from(clock.rate)) as i64;
         if st.sampler.gop().is_none() {
-            st.sampler = Sampler::new(interval_ticks);
+            let phase = (interval_ticks as f64 * rand::random_range(0.0..1.0)) as i64;
+            st.sampler = Sampler::with_phase(interval_ticks, phase);
         }
         let fps = v
             .frame_rate()

@@ -534,6 +534,11 @@ impl Decoder {
                 .unwrap_or_else(|| "the decoder produced no picture".to_string())
         })?;
         if !drains {
+            tracing::info!(
+                camera = %job.camera,
+                codec = job.codec.as_str(),
+                "the decoder holds pictures back for this stream; decoding it with a drain per sample"
+            );
             if self.needs_drain.len() >= 1024 {
                 self.needs_drain.clear();
             }

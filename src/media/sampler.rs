@@ -14,6 +14,8 @@ pub struct Sampler {
     gop: Option<i64>,
     last_key: Option<i64>,
     last_sample: Option<i64>,
+    phase: i64,
+    first_ts: Option<i64>,
     since_key: Vec<Bytes>,
 }
 
@@ -23,11 +25,20 @@ const TOLERANCE: f64 = 0.9;
 impl Sampler {
     /// A sampler taking one frame per `interval_ticks`.
     pub fn new(interval_ticks: i64) -> Sampler {
+        Self::with_phase(interval_ticks, 0)
+    }
+
+    /// A sampler whose first sample comes `phase_ticks` after the first keyframe. Cameras
+    /// that connect together (after a restart, or replaying one stream) would otherwise
+    /// send their samples to the decoder pool in the same instant, every interval.
+    pub fn with_phase(interval_ticks: i64, phase_ticks: i64) -> Sampler {
         Sampler {
             interval: interval_ticks.max(1),
             gop: None,
             last_key: None,
             last_sample: None,
+            phase: phase_ticks.max(0),
+            first_ts: None,
             since_key: Vec::new(),
         }
     }
@@ -45,6 +56,7 @@ impl Sampler {
 
     /// Forgets timing after a reconnect (timestamps restart).
     pub fn reset(&mut self) {
+        self.first_ts = None;
         self.last_key = None;
         self.last_sample = None;
         self.since_key.clear();
@@ -69,8 +81,9 @@ impl Sampler {
             Some(g) if self.keyframes_only() => (g.min(self.interval) / 2) as f64,
             _ => self.interval as f64 * (1.0 - TOLERANCE),
         };
+        let first = *self.first_ts.get_or_insert(ts);
         let due = match self.last_sample {
-            None => true,
+            None => ts - first >= self.phase || ts < first,
             Some(last) if ts < last => true, // timestamps went backwards: start over
             Some(last) => (ts - last) as f64 >= self.interval as f64 - slack,
         };
@@ -132,6 +145,15 @@ mod tests {
         for &(i, n) in &samples[2..] {
             assert_eq!(n as i64, i % 30 + 1, "job must start at the keyframe");
         }
+    }
+
+    #[test]
+    fn phase_delays_the_first_sample() {
+        let tick = 6000;
+        let mut s = Sampler::with_phase(150 * tick, 40 * tick);
+        let d = Bytes::from_static(b"x");
+        let first = (0..300).find(|i| s.on_frame(i * tick, i % 15 == 0, &d).is_some());
+        assert_eq!(first, Some(45), "first keyframe at or after the phase");
     }
 
     #[test]
