@@ -303,6 +303,7 @@ fn panoptes(replay: &Replay, n: usize, a: &Args, bytes_per_frame: &mut f64) -> R
                         g("clips"),
                         g("samples"),
                         g("bytes_received"),
+                        g("dropped"),
                     ),
                 )
             })

@@ -17,41 +17,27 @@ struct Cli {
     command: Command,
 }
 
+/// The config file option shared by the commands that read one.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Config file.
+    #[arg(
+        long,
+        short,
+        env = "PANOPTES_CONFIG",
+        default_value = "config/panoptes.toml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs every role in one process (edge ingest and the API).
-    Run {
-        /// Config file.
-        #[arg(
-            long,
-            short,
-            env = "PANOPTES_CONFIG",
-            default_value = "config/panoptes.toml"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigArg),
     /// Runs the edge role only: camera ingest, recording and sampling.
-    Edge {
-        /// Config file.
-        #[arg(
-            long,
-            short,
-            env = "PANOPTES_CONFIG",
-            default_value = "config/panoptes.toml"
-        )]
-        config: PathBuf,
-    },
+    Edge(ConfigArg),
     /// Checks a config file and prints every problem found.
-    Validate {
-        /// Config file.
-        #[arg(
-            long,
-            short,
-            env = "PANOPTES_CONFIG",
-            default_value = "config/panoptes.toml"
-        )]
-        config: PathBuf,
-    },
+    Validate(ConfigArg),
     /// Serves recorded MP4/MKV files over RTSP in a loop, without re-encoding.
     Replay {
         /// Address to listen on.
@@ -78,7 +64,7 @@ enum LogFormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match config::load(&config) {
+        Command::Validate(ConfigArg { config }) => match config::load(&config) {
             Ok(c) => {
                 println!(
                     "{}: valid ({} camera{})",
@@ -93,14 +79,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => serve(
+        Command::Run(ConfigArg { config }) => serve(
             config,
             Roles {
                 edge: true,
                 api: true,
             },
         ),
-        Command::Edge { config } => serve(
+        Command::Edge(ConfigArg { config }) => serve(
             config,
             Roles {
                 edge: true,

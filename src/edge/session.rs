@@ -238,35 +238,44 @@ impl CameraTask {
             last_ts: None,
             frame_delta: None,
         };
-        let mut last_video = Instant::now();
+        let mut last_video = tokio::time::Instant::now();
         let mut streaming = false;
+        // One cancellation future and one watchdog timer per session, not per packet: at
+        // 1000 cameras a timer armed for every RTP item is a measurable share of the CPU.
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let watchdog = tokio::time::sleep(edge.first_frame_timeout);
+        tokio::pin!(watchdog);
         let result = loop {
             let wait = if streaming {
                 edge.stall_timeout
             } else {
                 edge.first_frame_timeout
             };
-            let remaining = wait.saturating_sub(last_video.elapsed());
             let item = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => break Ok(()),
-                r = tokio::time::timeout(remaining, demuxed.next()) => r,
+                _ = &mut cancelled => break Ok(()),
+                _ = &mut watchdog => {
+                    if last_video.elapsed() >= wait {
+                        break Err(if streaming {
+                            SessionError::Stalled(wait)
+                        } else {
+                            SessionError::FirstFrameTimeout(wait)
+                        });
+                    }
+                    watchdog.as_mut().reset(last_video + wait);
+                    continue;
+                }
+                r = demuxed.next() => r,
             };
             let item = match item {
-                Err(_) => {
-                    break Err(if streaming {
-                        SessionError::Stalled(wait)
-                    } else {
-                        SessionError::FirstFrameTimeout(wait)
-                    });
-                }
-                Ok(None) => break Err(SessionError::Ended),
-                Ok(Some(Err(e))) => break Err(SessionError::Stream(e.to_string())),
-                Ok(Some(Ok(item))) => item,
+                None => break Err(SessionError::Ended),
+                Some(Err(e)) => break Err(SessionError::Stream(e.to_string())),
+                Some(Ok(item)) => item,
             };
             match item {
                 CodecItem::VideoFrame(frame) if frame.stream_id() == video_i => {
-                    last_video = Instant::now();
+                    last_video = tokio::time::Instant::now();
                     if !streaming {
                         streaming = true;
                         self.status.set_state(CameraState::Streaming);
@@ -325,6 +334,11 @@ impl CameraTask {
             self.update_parameters(st, demuxed, video_i, ts, clock);
         }
         self.track_fps(st, ts, rate);
+        if key && let Some(avg) = st.frame_delta {
+            // Once per GOP is often enough for the API and keeps the lock off the hot path.
+            self.status
+                .set_fps((f64::from(rate) / avg * 100.0).round() / 100.0);
+        }
         let data = Bytes::from(frame.into_data());
         if let Some(r) = &mut st.recorder {
             r.push(ts, key, data.clone());
@@ -422,8 +436,6 @@ impl CameraTask {
             if d > 0.0 && d < f64::from(rate) * 5.0 {
                 let avg = st.frame_delta.map_or(d, |a| a * 0.95 + d * 0.05);
                 st.frame_delta = Some(avg);
-                self.status
-                    .set_fps((f64::from(rate) / avg * 100.0).round() / 100.0);
             }
         }
         st.last_ts = Some(ts);

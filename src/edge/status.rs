@@ -59,7 +59,6 @@ struct Mutable {
     last_error: Option<String>,
     video: Option<VideoInfo>,
     audio: Option<AudioInfo>,
-    last_frame_at: Option<DateTime<Utc>>,
     snapshot: Option<Snapshot>,
     since: Option<DateTime<Utc>>,
 }
@@ -91,6 +90,8 @@ pub struct CameraStatus {
     id: String,
     url: String,
     mutable: Mutex<Mutable>,
+    /// Unix milliseconds of the latest frame; 0 before the first.
+    last_frame_ms: std::sync::atomic::AtomicI64,
     /// Counters, updated lock-free from the camera task.
     pub counters: Counters,
 }
@@ -142,6 +143,7 @@ impl CameraStatus {
             id: id.to_string(),
             url: url.to_string(),
             mutable: Mutex::new(Mutable::default()),
+            last_frame_ms: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
         }
     }
@@ -191,9 +193,10 @@ impl CameraStatus {
         self.lock().audio = audio;
     }
 
-    /// Notes the arrival of a frame.
+    /// Notes the arrival of a frame (lock-free: called for every frame).
     pub fn frame_seen(&self, at: DateTime<Utc>) {
-        self.lock().last_frame_at = Some(at);
+        self.last_frame_ms
+            .store(at.timestamp_millis(), Ordering::Relaxed);
     }
 
     /// Stores the latest sampled frame.
@@ -227,7 +230,10 @@ impl CameraStatus {
             clips: get(&c.clips),
             bytes_received: get(&c.bytes),
             audio_chunks: get(&c.audio_chunks),
-            last_frame_at: m.last_frame_at,
+            last_frame_at: match self.last_frame_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => DateTime::from_timestamp_millis(ms),
+            },
             last_snapshot_at: m.snapshot.as_ref().map(|s| s.at),
             last_error: m.last_error.clone(),
         }
