@@ -35,6 +35,21 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
             config.data_dir.display()
         )
     })?;
+    let orphans = std::fs::read_dir(store.spool_dir())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .count()
+        })
+        .unwrap_or(0);
+    if orphans > 0 {
+        // A segment gets its index (moov) when it is closed; a crash leaves it without one.
+        tracing::warn!(
+            files = orphans,
+            spool = %store.spool_dir().display(),
+            "partial clips from an unclean stop are in the spool; they have no index and are not served"
+        );
+    }
     let bus = Bus::build(&config.bus);
     let node = std::env::var("PANOPTES_NODE")
         .ok()
