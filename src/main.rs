@@ -46,6 +46,10 @@ enum Command {
         /// Mounts per file: /<stem>-0 ... /<stem>-<N-1> (all sharing one stream).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         copies: u32,
+        /// Demand RTSP digest authentication with this user name; the password comes from
+        /// the environment variable PANOPTES_REPLAY_PASSWORD.
+        #[arg(long)]
+        username: Option<String>,
         /// Log format.
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormatArg,
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::Replay {
             listen,
             copies,
+            username,
             log_format,
             files,
         } => {
@@ -104,7 +109,21 @@ fn main() -> ExitCode {
                 LogFormatArg::Json => LogFormat::Json,
             };
             panoptes::telemetry::init_logs(format, "info");
-            match panoptes::replay::run(listen, files, copies) {
+            let auth = match username {
+                None => None,
+                Some(username) => match std::env::var("PANOPTES_REPLAY_PASSWORD") {
+                    Ok(password) if !password.is_empty() => {
+                        Some(panoptes::replay::Credentials { username, password })
+                    }
+                    _ => {
+                        eprintln!(
+                            "panoptes replay: --username needs the password in PANOPTES_REPLAY_PASSWORD"
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            match panoptes::replay::run(listen, files, copies, auth) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("panoptes replay: {e:#}");

@@ -233,6 +233,63 @@ fn bad_cameras_show_their_error_and_do_not_disturb_others() {
 }
 
 #[test]
+fn camera_credentials_are_used_and_never_shown() {
+    let fx = fixtures();
+    let password = "Dg-7c1a-camera-pass";
+    let wrong = "Wr-4b2e-not-the-pass";
+    let replay = Replay::start_with(
+        common::free_port(),
+        &[fx.join("lobby.mp4")],
+        1,
+        Some(("admin", password)),
+    );
+    let url = replay.url("lobby");
+    let cams = format!(
+        "[[cameras]]\nid = \"authed\"\nurl = \"{url}\"\nusername = \"${{CAM_USER}}\"\npassword = \"${{CAM_PASSWORD}}\"\n\
+         [[cameras]]\nid = \"wrong\"\nurl = \"{url}\"\nusername = \"admin\"\npassword = \"{wrong}\"\n\
+         [[cameras]]\nid = \"anonymous\"\nurl = \"{url}\"\n"
+    );
+    let p = Panoptes::start_env(
+        FAST,
+        &cams,
+        &[("CAM_USER", "admin"), ("CAM_PASSWORD", password)],
+    );
+    let authed = p.wait_state("authed", "streaming", Duration::from_secs(20));
+    assert_eq!(authed["video"]["codec"], "h264");
+    for id in ["wrong", "anonymous"] {
+        let c = wait_for(Duration::from_secs(15), "an authentication error", || {
+            p.camera(id).filter(|c| c["last_error"].is_string())
+        });
+        assert_ne!(c["state"], "streaming", "{c}");
+        assert!(c["last_error"].as_str().unwrap().contains("401"), "{c}");
+    }
+    // Let a clip be written so its metadata is covered too.
+    wait_for(Duration::from_secs(15), "a clip", || {
+        (p.camera("authed")?["clips"].as_u64()? >= 1).then_some(())
+    });
+    let mut seen = p.output.text();
+    assert!(
+        seen.contains("DESCRIBE"),
+        "debug logs of the RTSP exchange were not captured"
+    );
+    for path in [
+        "/v1/cameras",
+        "/v1/cameras/authed",
+        "/v1/cameras/wrong",
+        "/v1/clips",
+        "/metrics",
+    ] {
+        seen.push_str(&String::from_utf8_lossy(&p.get_bytes(path).1));
+    }
+    for clip in walk(&p.dir.path().join("data")) {
+        seen.push_str(&String::from_utf8_lossy(&std::fs::read(clip).unwrap()));
+    }
+    for secret in [password, wrong] {
+        assert!(!seen.contains(secret), "a camera password leaked");
+    }
+}
+
+#[test]
 fn cameras_added_and_removed_in_the_config_file_start_and_stop() {
     let fx = fixtures();
     let replay = Replay::start(&[fx.join("lobby.mp4"), fx.join("photos.mp4")], 1);

@@ -48,8 +48,32 @@ const MAX_LATENESS: Duration = Duration::from_secs(1);
 /// Longest single sleep of a feeder, so a stop request is noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// RTSP credentials a replayed camera demands (digest authentication), like a real camera.
+#[derive(Clone)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
 /// Serves `files` on `listen` until the process is interrupted (blocking; runs a glib main loop).
-pub fn run(listen: SocketAddr, files: Vec<PathBuf>, copies: u32) -> Result<()> {
+/// With `auth`, every mount demands those credentials.
+pub fn run(
+    listen: SocketAddr,
+    files: Vec<PathBuf>,
+    copies: u32,
+    auth: Option<Credentials>,
+) -> Result<()> {
     if files.is_empty() {
         bail!("no files to serve");
     }
@@ -105,12 +129,32 @@ pub fn run(listen: SocketAddr, files: Vec<PathBuf>, copies: u32) -> Result<()> {
         });
     });
 
+    const ROLE: &str = "camera-user";
+    if let Some(c) = &auth {
+        let a = gst_rtsp_server::RTSPAuth::new();
+        a.set_supported_methods(gst_rtsp_server::gst_rtsp::RTSPAuthMethod::Digest);
+        let token = gst_rtsp_server::RTSPToken::builder()
+            .field(gst_rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, ROLE)
+            .build();
+        a.add_digest(&c.username, &c.password, &token);
+        server.set_auth(Some(&a));
+        info!(user = %c.username, "clients must authenticate (digest)");
+    }
+
     let mounts = server
         .mount_points()
         .context("RTSP server has no mount points")?;
     let mut paths = Vec::new();
     for clip in &clips {
         let factory = ReplayFactory::new(clip.clone());
+        if auth.is_some() {
+            factory.add_role_from_structure(
+                &gst::Structure::builder(ROLE)
+                    .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                    .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                    .build(),
+            );
+        }
         for path in clip.mount_paths(copies) {
             mounts.add_factory(&path, factory.clone());
             paths.push((path, clip.clone()));

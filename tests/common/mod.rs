@@ -90,8 +90,24 @@ impl Replay {
     }
 
     pub fn start_on(port: u16, files: &[PathBuf], copies: u32) -> Replay {
-        let mut child = Command::new(BIN)
-            .arg("replay")
+        Self::start_with(port, files, copies, None)
+    }
+
+    /// A replay server whose mounts demand `(user, password)` (RTSP digest).
+    pub fn start_with(
+        port: u16,
+        files: &[PathBuf],
+        copies: u32,
+        auth: Option<(&str, &str)>,
+    ) -> Replay {
+        let mut cmd = Command::new(BIN);
+        if let Some((user, password)) = auth {
+            cmd.args(["replay", "--username", user])
+                .env("PANOPTES_REPLAY_PASSWORD", password);
+        } else {
+            cmd.arg("replay");
+        }
+        let mut child = cmd
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--copies")
@@ -148,6 +164,11 @@ pub struct Panoptes {
 impl Panoptes {
     /// Starts panoptes with `cameras` (TOML `[[cameras]]` entries) and `extra` settings.
     pub fn start(extra: &str, cameras: &str) -> Panoptes {
+        Self::start_env(extra, cameras, &[])
+    }
+
+    /// Starts panoptes with extra environment variables (for `${VAR}` in the config).
+    pub fn start_env(extra: &str, cameras: &str, env: &[(&str, &str)]) -> Panoptes {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("panoptes.toml");
@@ -156,7 +177,8 @@ impl Panoptes {
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info,panoptes=debug")
+            .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
