@@ -65,6 +65,19 @@ impl Output {
         self.0.lock().unwrap().clone()
     }
 
+    /// Starts `cmd` with its stdout and stderr collected into one `Output`.
+    fn spawn(cmd: &mut Command, what: &str) -> (Child, Output) {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let output = Output::default();
+        output.collect(child.stdout.take().unwrap());
+        output.collect(child.stderr.take().unwrap());
+        (child, output)
+    }
+
     fn collect(&self, r: impl Read + Send + 'static) {
         let buf = self.0.clone();
         std::thread::spawn(move || {
@@ -107,19 +120,12 @@ impl Replay {
         } else {
             cmd.arg("replay");
         }
-        let mut child = cmd
-            .arg("--listen")
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--copies")
             .arg(copies.to_string())
-            .args(files)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start panoptes replay");
-        let output = Output::default();
-        output.collect(child.stdout.take().unwrap());
-        output.collect(child.stderr.take().unwrap());
+            .args(files);
+        let (child, output) = Output::spawn(&mut cmd, "panoptes replay");
         let mounts = files.len() * copies as usize;
         let out = output.clone();
         let mut r = Replay {
@@ -173,19 +179,13 @@ impl Panoptes {
         let port = free_port();
         let config = dir.path().join("panoptes.toml");
         std::fs::write(&config, Self::config_text(dir.path(), port, extra, cameras)).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("run")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start panoptes");
-        let output = Output::default();
-        output.collect(child.stdout.take().unwrap());
-        output.collect(child.stderr.take().unwrap());
+            .envs(env.iter().copied());
+        let (child, output) = Output::spawn(&mut cmd, "panoptes run");
         let base = format!("http://127.0.0.1:{port}");
         let out = output.clone();
         let mut p = Panoptes {
