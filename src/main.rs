@@ -38,6 +38,18 @@ enum Command {
     Edge(ConfigArg),
     /// Checks a config file and prints every problem found.
     Validate(ConfigArg),
+    /// Runs every model over a recording or an image and prints what they found, one JSON
+    /// object per line.
+    Analyze {
+        /// Config file whose [models] and [infer] settings to use (defaults otherwise).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Time between the frames analysed in a recording.
+        #[arg(long, default_value = "1s")]
+        every: humantime::Duration,
+        /// A recording (MP4, MKV, WAV, anything GStreamer plays) or an image (PNG, JPEG).
+        file: PathBuf,
+    },
     /// Serves recorded MP4/MKV files over RTSP in a loop, without re-encoding.
     Replay {
         /// Address to listen on.
@@ -83,6 +95,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Analyze {
+            config,
+            every,
+            file,
+        } => analyze(config, every.into(), &file),
         Command::Run(ConfigArg { config }) => serve(
             config,
             Roles {
@@ -159,6 +176,61 @@ fn serve(path: PathBuf, roles: Roles) -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "panoptes failed");
             eprintln!("panoptes: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn analyze(
+    config: Option<PathBuf>,
+    every: std::time::Duration,
+    file: &std::path::Path,
+) -> ExitCode {
+    use std::io::Write;
+    let loaded = match config {
+        Some(path) => config::load(&path),
+        None => config::load_str("", "(defaults)", &|_| None),
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    panoptes::telemetry::init_logs(LogFormat::Human, "warn");
+    let started = std::time::Instant::now();
+    let models = match panoptes::infer::Models::load(&config.infer, &config.models) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("panoptes analyze: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "panoptes analyze: models loaded from {} in {:.1} s (ONNX Runtime {}, provider {:?}, {} threads)",
+        models.runtime.dir().display(),
+        started.elapsed().as_secs_f32(),
+        models.runtime.library().display(),
+        models.runtime.provider(),
+        models.runtime.threads(),
+    );
+    let mut stdout = std::io::stdout().lock();
+    let mut emit = |f: &panoptes::infer::analyze::Finding| {
+        if let Ok(line) = serde_json::to_string(f) {
+            let _ = writeln!(stdout, "{line}");
+        }
+    };
+    match panoptes::infer::analyze::analyze(&models, file, every, &mut emit) {
+        Ok(s) => {
+            eprintln!(
+                "panoptes analyze: {} frames ({:.1} s in vision models), {:.1} s of audio ({:.1} s in speech models), {} findings",
+                s.frames, s.vision_s, s.audio_s, s.speech_s, s.findings
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("panoptes analyze: {e}");
             ExitCode::FAILURE
         }
     }

@@ -102,6 +102,12 @@ pub struct Config {
     /// Decoding: hardware profile and decoder pool.
     #[serde(default)]
     pub media: MediaConfig,
+    /// Where the model files are.
+    #[serde(default)]
+    pub models: ModelsConfig,
+    /// Inference: execution provider, threads, thresholds.
+    #[serde(default)]
+    pub infer: InferConfig,
     /// The cameras this deployment watches.
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -411,6 +417,193 @@ impl MediaProfile {
     }
 }
 
+/// Model files.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The directory `models/install.sh` fills; `PANOPTES_MODELS` overrides it.
+    #[serde(default = "default_models_dir")]
+    pub dir: PathBuf,
+    /// The object detector, relative to `dir` (or absolute): any YOLOv8-layout ONNX model with a `names`
+    /// metadata entry (as `yolo export format=onnx` writes) can take the place of YOLOv8n.
+    #[serde(default = "default_detector")]
+    pub detector: PathBuf,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_models_dir(),
+            detector: default_detector(),
+        }
+    }
+}
+
+impl ModelsConfig {
+    /// The models directory in force: `PANOPTES_MODELS` when set, else `dir`.
+    pub fn resolved_dir(&self) -> PathBuf {
+        match std::env::var_os("PANOPTES_MODELS") {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => self.dir.clone(),
+        }
+    }
+}
+
+fn default_models_dir() -> PathBuf {
+    PathBuf::from("./models")
+}
+fn default_detector() -> PathBuf {
+    PathBuf::from("yolov8n/yolov8n.onnx")
+}
+
+/// Inference.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InferConfig {
+    /// Execution provider: `cpu`, `cuda` or `tensorrt` (the last two need the
+    /// `onnxruntime-gpu` library and an NVIDIA GPU).
+    #[serde(default)]
+    pub provider: Provider,
+    /// With `cuda` or `tensorrt`, run on the CPU when the GPU provider cannot start instead of
+    /// refusing to start.
+    #[serde(default)]
+    pub fallback_to_cpu: bool,
+    /// Threads ONNX Runtime uses inside one model run; 0 means one per CPU core.
+    #[serde(default)]
+    pub threads: usize,
+    /// The ONNX Runtime shared library; by default `<models.dir>/onnxruntime/libonnxruntime.so.*`
+    /// (`ORT_DYLIB_PATH` overrides both).
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// Largest number of frames (or text crops, or audio segments) run through a model at once.
+    #[serde(default = "default_infer_batch")]
+    pub batch: usize,
+    /// Object detection.
+    #[serde(default)]
+    pub detection: DetectionConfig,
+    /// Text in the image.
+    #[serde(default)]
+    pub ocr: OcrConfig,
+    /// Speech recognition.
+    #[serde(default)]
+    pub speech: SpeechConfig,
+}
+
+impl Default for InferConfig {
+    fn default() -> Self {
+        Self {
+            provider: Provider::default(),
+            fallback_to_cpu: false,
+            threads: 0,
+            ort_library: None,
+            batch: default_infer_batch(),
+            detection: DetectionConfig::default(),
+            ocr: OcrConfig::default(),
+            speech: SpeechConfig::default(),
+        }
+    }
+}
+
+fn default_infer_batch() -> usize {
+    8
+}
+
+/// ONNX Runtime execution provider.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// The CPU provider of the ONNX Runtime library in the models directory.
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA (untested here: no GPU on the build machines).
+    Cuda,
+    /// NVIDIA TensorRT, with CUDA for what TensorRT cannot run (untested here).
+    Tensorrt,
+}
+
+/// Object detection.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionConfig {
+    /// Run the detector on sampled frames.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Detections below this confidence are dropped.
+    #[serde(default = "default_detection_confidence")]
+    pub min_confidence: f32,
+    /// Overlap (intersection over union) above which the weaker of two boxes of one class
+    /// is suppressed.
+    #[serde(default = "default_nms_iou")]
+    pub nms_iou: f32,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_confidence: default_detection_confidence(),
+            nms_iou: default_nms_iou(),
+        }
+    }
+}
+
+fn default_detection_confidence() -> f32 {
+    0.4
+}
+fn default_nms_iou() -> f32 {
+    0.45
+}
+
+/// Text in the image.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OcrConfig {
+    /// Read text in sampled frames.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Text lines recognised with less confidence are dropped.
+    #[serde(default = "default_ocr_confidence")]
+    pub min_confidence: f32,
+}
+
+impl Default for OcrConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_confidence: default_ocr_confidence(),
+        }
+    }
+}
+
+fn default_ocr_confidence() -> f32 {
+    0.6
+}
+
+/// Speech recognition.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpeechConfig {
+    /// Transcribe speech in the cameras' audio.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Voice activity probability above which audio counts as speech.
+    #[serde(default = "default_vad_threshold")]
+    pub vad_threshold: f32,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            vad_threshold: default_vad_threshold(),
+        }
+    }
+}
+
+fn default_vad_threshold() -> f32 {
+    0.5
+}
+
 /// RTP transport.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -649,6 +842,30 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
     }
     if config.bus.max_deliver == 0 {
         push(&mut errors, "bus.max_deliver".into(), "must be at least 1");
+    }
+    let inf = &config.infer;
+    if inf.batch == 0 {
+        push(&mut errors, "infer.batch".into(), "must be at least 1");
+    }
+    for (name, v) in [
+        (
+            "infer.detection.min_confidence",
+            inf.detection.min_confidence,
+        ),
+        ("infer.detection.nms_iou", inf.detection.nms_iou),
+        ("infer.ocr.min_confidence", inf.ocr.min_confidence),
+        ("infer.speech.vad_threshold", inf.speech.vad_threshold),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            push(&mut errors, name.into(), "must be between 0 and 1");
+        }
+    }
+    if config.models.detector.as_os_str().is_empty() {
+        push(
+            &mut errors,
+            "models.detector".into(),
+            "must name an ONNX file, e.g. \"yolov8n/yolov8n.onnx\" (relative to models.dir)",
+        );
     }
     let e = &config.edge;
     for (name, d) in [

@@ -1,0 +1,151 @@
+//! Sentence embeddings (all-MiniLM-L6-v2): the text of an insight, or a search query, as a
+//! unit vector, so that cosine similarity is a dot product.
+
+use std::sync::Mutex;
+
+use ort::value::TensorRef;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use super::{Error, Runtime, Shared, Slot, lock, model_err};
+
+/// Longest input in tokens; longer texts are cut.
+const MAX_TOKENS: usize = 128;
+
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    types: Vec<i64>,
+}
+
+/// Text embeddings.
+pub struct Embedder {
+    slot: Shared<Scratch>,
+    tokenizer: Tokenizer,
+    batch: usize,
+}
+
+const MODEL: &str = "embedder";
+
+impl Embedder {
+    /// Dimensions of an embedding.
+    pub const DIM: usize = 384;
+
+    /// Loads `minilm/{model.onnx,tokenizer.json}` from the models directory.
+    pub fn load(rt: &Runtime) -> Result<Self, Error> {
+        let err = model_err(MODEL);
+        let session = rt.session(MODEL, "minilm/model.onnx")?;
+        let mut tokenizer =
+            Tokenizer::from_file(rt.file("minilm/tokenizer.json")?).map_err(|e| err(&e))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
+            .map_err(|e| err(&e))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        Ok(Self {
+            slot: Mutex::new(Slot {
+                session,
+                scratch: Scratch::default(),
+            }),
+            tokenizer,
+            batch: rt.batch.max(16),
+        })
+    }
+
+    /// Embeds each text: unit vectors of [`Embedder::DIM`] values.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.batch) {
+            self.embed_batch(chunk, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&self, texts: &[&str], out: &mut Vec<Vec<f32>>) -> Result<(), Error> {
+        let err = model_err(MODEL);
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| err(&e))?;
+        let len = encodings.first().map_or(0, |e| e.len());
+        let mut guard = lock(&self.slot);
+        let Slot { session, scratch } = &mut *guard;
+        scratch.ids.clear();
+        scratch.mask.clear();
+        scratch.types.clear();
+        for e in &encodings {
+            scratch.ids.extend(e.get_ids().iter().map(|&v| v as i64));
+            scratch
+                .mask
+                .extend(e.get_attention_mask().iter().map(|&v| v as i64));
+            scratch
+                .types
+                .extend(e.get_type_ids().iter().map(|&v| v as i64));
+        }
+        let shape = [texts.len(), len];
+        let outputs = session
+            .run(ort::inputs![
+                "input_ids" => TensorRef::from_array_view((shape, &*scratch.ids)).map_err(|e| err(&e))?,
+                "attention_mask" => TensorRef::from_array_view((shape, &*scratch.mask)).map_err(|e| err(&e))?,
+                "token_type_ids" => TensorRef::from_array_view((shape, &*scratch.types)).map_err(|e| err(&e))?,
+            ])
+            .map_err(|e| err(&e))?;
+        let (oshape, hidden) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| err(&e))?;
+        let dim = *oshape.last().unwrap_or(&0) as usize;
+        if dim != Self::DIM {
+            return Err(Error::Model {
+                model: MODEL,
+                message: format!("output shape {oshape:?}, expected [N, L, {}]", Self::DIM),
+            });
+        }
+        for (i, mask) in scratch.mask.chunks(len).enumerate() {
+            out.push(mean_pool(&hidden[i * len * dim..][..len * dim], mask, dim));
+        }
+        Ok(())
+    }
+}
+
+/// Mean of the token vectors where `mask` is 1, scaled to unit length (the sum is enough:
+/// the mean's divisor cancels in the scaling).
+fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; dim];
+    for (token, &m) in hidden.chunks(dim).zip(mask) {
+        if m != 0 {
+            for (a, b) in v.iter_mut().zip(token) {
+                *a += b;
+            }
+        }
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+    v.iter_mut().for_each(|x| *x *= scale);
+    v
+}
+
+/// Cosine similarity of two unit vectors.
+pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_ignores_padding_and_normalises() {
+        let hidden = [3.0, 0.0, 0.0, 4.0, 100.0, 100.0];
+        let v = mean_pool(&hidden, &[1, 1, 0], 2);
+        assert!(
+            (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
+            "{v:?}"
+        );
+        assert!((similarity(&v, &v) - 1.0).abs() < 1e-6);
+    }
+}
