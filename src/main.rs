@@ -32,7 +32,7 @@ struct ConfigArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs every role in one process (edge ingest and the API).
+    /// Runs every role in one process (edge ingest, inference and the API).
     Run(ConfigArg),
     /// Runs the edge role only: camera ingest, recording and sampling.
     Edge(ConfigArg),
@@ -105,6 +105,7 @@ fn main() -> ExitCode {
             Roles {
                 edge: true,
                 api: true,
+                infer: true,
             },
         ),
         Command::Edge(ConfigArg { config }) => serve(
@@ -112,6 +113,7 @@ fn main() -> ExitCode {
             Roles {
                 edge: true,
                 api: false,
+                infer: false,
             },
         ),
         Command::Replay {

@@ -24,6 +24,8 @@ pub struct Roles {
     pub edge: bool,
     /// The HTTP API.
     pub api: bool,
+    /// Inference: sampled frames and audio become insights (when `infer.enabled`).
+    pub infer: bool,
 }
 
 /// Runs until a shutdown signal.
@@ -75,6 +77,12 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
         })
     };
 
+    let infer = if roles.infer && config.infer.enabled {
+        Some(start_infer(&config, &store, &bus, &shutdown).await?)
+    } else {
+        None
+    };
+
     let mut current = config.clone();
     let mut edge = if roles.edge {
         let mut edge = Edge::build(&config, store.clone(), bus.clone(), registry.clone())
@@ -96,6 +104,7 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
             store: store.clone(),
             bus: bus.clone(),
             metrics: metrics.clone(),
+            insights: infer.as_ref().map(|i| i.api.clone()),
         };
         let token = shutdown.clone();
         Some(tokio::spawn(async move {
@@ -168,12 +177,125 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
         edge.shutdown().await;
     }
     shutdown.cancel();
+    if let Some(i) = infer {
+        // The batch in hand is finished, stored and acknowledged.
+        let _ = tokio::time::timeout(Duration::from_secs(5), i.worker).await;
+    }
     if let Some(t) = api_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
     }
     let _ = upkeep.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The running infer role.
+struct InferRole {
+    api: crate::api::insights::InsightApi,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+/// Loads the models, opens the insight store and starts the worker, the live feed of new
+/// insights and the retention sweep.
+async fn start_infer(
+    config: &Config,
+    store: &ObjectStore,
+    bus: &Bus,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<InferRole> {
+    let (infer_cfg, models_cfg) = (config.infer.clone(), config.models.clone());
+    let models = tokio::task::spawn_blocking(move || {
+        crate::infer::Models::load(&infer_cfg, &models_cfg)
+    })
+    .await?
+    .context("cannot load the models (models/install.sh installs them; [infer] enabled = false runs without)")?;
+    tracing::info!(
+        provider = ?models.runtime.provider(),
+        threads = models.runtime.threads(),
+        library = %models.runtime.library().display(),
+        models = %models.runtime.dir().display(),
+        "models loaded"
+    );
+    let db = config.data_dir.join("insights.db");
+    let insights = Arc::new(
+        crate::store::insights::InsightStore::sqlite(&db)
+            .with_context(|| format!("cannot open the insight store {}", db.display()))?,
+    );
+    let models = Arc::new(models);
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let worker = crate::infer::worker::Worker::new(
+        Arc::clone(&models),
+        Arc::clone(&insights),
+        store.clone(),
+        bus.clone(),
+        &config.infer,
+        config.sampling.interval,
+    );
+    let worker = tokio::spawn(worker.run(shutdown.clone()));
+
+    // Stored insights come back over the bus (as they would from another node) and go out
+    // to every /v1/events listener.
+    let mut feed = bus
+        .consumer(crate::bus::StreamKind::Insights, "api-events")
+        .await?;
+    let tx = events.clone();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let d = tokio::select! {
+                biased;
+                _ = token.cancelled() => break,
+                d = feed.next(Duration::from_millis(500)) => d,
+            };
+            let Some(d) = d else { continue };
+            if let Ok(i) = serde_json::from_slice(&d.message().payload) {
+                let _ = tx.send(i);
+            }
+            let _ = d.ack().await;
+        }
+    });
+
+    let (retention, sweep_store, token) = (
+        config.infer.retention,
+        Arc::clone(&insights),
+        shutdown.clone(),
+    );
+    let objects = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let cutoff = chrono::Utc::now().timestamp_millis()
+                - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let (s, o) = (Arc::clone(&sweep_store), objects.clone());
+            let swept = tokio::task::spawn_blocking(move || {
+                (s.delete_before(cutoff), o.delete_before(cutoff))
+            })
+            .await;
+            if let Ok((Ok(insights), files)) = swept
+                && (insights > 0 || files > 0)
+            {
+                tracing::info!(
+                    insights,
+                    files,
+                    "retention: deleted what is older than infer.retention"
+                );
+            }
+        }
+    });
+
+    Ok(InferRole {
+        api: crate::api::insights::InsightApi {
+            store: insights,
+            embedder: Some(Arc::clone(&models.embedder)),
+            events,
+        },
+        worker,
+    })
 }
 
 fn watch(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {

@@ -1,7 +1,10 @@
-//! The HTTP API (axum): health, metrics, cameras, snapshots and clips.
+//! The HTTP API (axum): health, metrics, cameras, snapshots, clips, insights, semantic
+//! search, live events and the OpenAPI description generated from the handlers.
 //!
 //! Errors are `{"error": {"code", "message"}}` with the matching status; lists are
 //! `{"items": [...], "next_cursor": ...}`; times are RFC 3339.
+
+pub mod insights;
 
 use std::sync::Arc;
 
@@ -32,6 +35,36 @@ pub struct AppState {
     pub bus: Bus,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Insights, search and events, where this process serves them.
+    pub insights: Option<insights::InsightApi>,
+}
+
+/// The API description, generated from the handlers and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Panoptes API",
+        description = "Cameras, clips and what the cameras saw and heard."
+    ),
+    paths(
+        healthz,
+        readyz,
+        list_cameras,
+        get_camera,
+        get_snapshot,
+        list_clips,
+        get_clip,
+        insights::list_insights,
+        insights::search,
+        insights::get_insight,
+        insights::get_insight_snapshot,
+        insights::events
+    )
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 /// An API error: status, stable code and a message for people.
@@ -78,6 +111,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cameras/{id}/snapshot", get(get_snapshot))
         .route("/v1/clips", get(list_clips))
         .route("/v1/clips/{id}", get(get_clip))
+        .route("/v1/insights", get(insights::list_insights))
+        .route("/v1/insights/{id}", get(insights::get_insight))
+        .route(
+            "/v1/insights/{id}/snapshot",
+            get(insights::get_insight_snapshot),
+        )
+        .route("/v1/search", get(insights::search))
+        .route("/v1/events", get(insights::events))
+        .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -94,10 +136,14 @@ pub async fn serve(
         .await
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Readiness: bus and stores reachable.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 async fn readyz(State(s): State<AppState>) -> Response {
     let store_ok = s.store.spool_dir().is_dir();
     let bus_ok = s.bus.is_ready();
@@ -120,10 +166,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Every camera with its state.
+#[utoipa::path(get, path = "/v1/cameras", responses((status = 200, description = "cameras")))]
 async fn list_cameras(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "items": s.registry.views(), "next_cursor": null }))
 }
 
+/// One camera.
+#[utoipa::path(get, path = "/v1/cameras/{id}", params(("id" = String, Path, description = "camera id")),
+    responses((status = 200, description = "the camera"), (status = 404, description = "no such camera")))]
 async fn get_camera(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     match s.registry.get(&id) {
         Some(c) => Json(c.view(s.registry.node())).into_response(),
@@ -131,6 +182,9 @@ async fn get_camera(State(s): State<AppState>, Path(id): Path<String>) -> Respon
     }
 }
 
+/// The latest sampled frame of a camera.
+#[utoipa::path(get, path = "/v1/cameras/{id}/snapshot", params(("id" = String, Path, description = "camera id")),
+    responses((status = 200, content_type = "image/jpeg", description = "JPEG"), (status = 404, description = "no camera or no frame yet")))]
 async fn get_snapshot(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let Some(cam) = s.registry.get(&id) else {
         return ApiError::not_found(format!("no camera \"{id}\"")).into_response();
@@ -156,12 +210,17 @@ async fn get_snapshot(State(s): State<AppState>, Path(id): Path<String>) -> Resp
 }
 
 /// Query of `GET /v1/clips`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ClipQuery {
+    /// One camera.
     camera: Option<String>,
+    /// RFC 3339 (default: 24 hours before `to`).
     from: Option<String>,
+    /// RFC 3339 (default: now); at most 31 days after `from`.
     to: Option<String>,
+    /// 1-1000 (default 100).
     limit: Option<String>,
 }
 
@@ -180,6 +239,9 @@ fn parse_time(name: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiE
 
 const MAX_LIMIT: usize = 1000;
 
+/// Clips overlapping a time range, oldest first.
+#[utoipa::path(get, path = "/v1/clips", params(ClipQuery),
+    responses((status = 200, description = "clips"), (status = 400, description = "bad parameter")))]
 async fn list_clips(
     State(s): State<AppState>,
     query: Result<Query<ClipQuery>, axum::extract::rejection::QueryRejection>,
@@ -235,6 +297,9 @@ async fn list_clips(
     ))
 }
 
+/// One clip as MP4 (Range requests supported).
+#[utoipa::path(get, path = "/v1/clips/{id}", params(("id" = String, Path, description = "clip id")),
+    responses((status = 200, content_type = "video/mp4", description = "the clip"), (status = 206, description = "part of it"), (status = 404, description = "no such clip")))]
 async fn get_clip(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
     let Some((camera, start, end)) = parse_clip_id(&id) else {
         return ApiError::not_found(format!("no clip \"{id}\"")).into_response();

@@ -460,6 +460,9 @@ fn default_detector() -> PathBuf {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InferConfig {
+    /// Run the infer role in `panoptes run` (sampled frames and audio become insights).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Execution provider: `cpu`, `cuda` or `tensorrt` (the last two need the
     /// `onnxruntime-gpu` library and an NVIDIA GPU).
     #[serde(default)]
@@ -478,6 +481,12 @@ pub struct InferConfig {
     /// Largest number of frames (or text crops, or audio segments) run through a model at once.
     #[serde(default = "default_infer_batch")]
     pub batch: usize,
+    /// How long the worker waits for a batch to fill before running what it has.
+    #[serde(default = "default_batch_wait", with = "humantime_serde")]
+    pub batch_wait: Duration,
+    /// Insights and clips older than this are deleted.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
     /// Object detection.
     #[serde(default)]
     pub detection: DetectionConfig,
@@ -492,11 +501,14 @@ pub struct InferConfig {
 impl Default for InferConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             provider: Provider::default(),
             fallback_to_cpu: false,
             threads: 0,
             ort_library: None,
             batch: default_infer_batch(),
+            batch_wait: default_batch_wait(),
+            retention: default_retention(),
             detection: DetectionConfig::default(),
             ocr: OcrConfig::default(),
             speech: SpeechConfig::default(),
@@ -506,6 +518,12 @@ impl Default for InferConfig {
 
 fn default_infer_batch() -> usize {
     8
+}
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 /// ONNX Runtime execution provider.

@@ -157,7 +157,7 @@ impl Detector {
                     .candidates
                     .iter()
                     .map(|c| {
-                        let [x0, y0, x1, y1] = lb.to_image(c.bbox);
+                        let [x0, y0, x1, y1] = lb.unmap(c.bbox);
                         Detection {
                             label: self.labels[c.class].clone(),
                             class: c.class,
@@ -181,7 +181,7 @@ struct Letterbox {
 }
 
 impl Letterbox {
-    fn to_image(&self, b: [f32; 4]) -> [f32; 4] {
+    fn unmap(&self, b: [f32; 4]) -> [f32; 4] {
         [
             (b[0] - self.pad_x) / self.scale,
             (b[1] - self.pad_y) / self.scale,
@@ -375,10 +375,7 @@ mod tests {
         let mut dst = vec![0.0; 3 * 64 * 64];
         let lb = letterbox(&img, 64, &mut dst);
         assert_eq!((lb.scale, lb.pad_x, lb.pad_y), (0.1, 0.0, 16.0));
-        assert_eq!(
-            lb.to_image([0.0, 16.0, 64.0, 48.0]),
-            [0.0, 0.0, 640.0, 320.0]
-        );
+        assert_eq!(lb.unmap([0.0, 16.0, 64.0, 48.0]), [0.0, 0.0, 640.0, 320.0]);
         // The border is gray 114.
         assert!((dst[0] - 114.0 / 255.0).abs() < 1e-6);
     }

@@ -14,6 +14,7 @@ mod embed;
 mod ocr;
 mod pixels;
 mod speech;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -297,8 +298,8 @@ pub struct Models {
     pub ocr: Option<Ocr>,
     /// Voice activity detection + speech recognition, when enabled.
     pub speech: Option<Speech>,
-    /// Text embeddings.
-    pub embedder: Embedder,
+    /// Text embeddings (shared with the API, which embeds search queries).
+    pub embedder: std::sync::Arc<Embedder>,
 }
 
 impl Models {
@@ -324,7 +325,7 @@ impl Models {
         } else {
             None
         };
-        let embedder = Embedder::load(&runtime)?;
+        let embedder = std::sync::Arc::new(Embedder::load(&runtime)?);
         Ok(Self {
             runtime,
             detector,

@@ -2,12 +2,12 @@
 //! crops rotated boxes and normalises straight into a model's planar input buffer, so a
 //! frame is read once and nothing is allocated per pixel.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::RgbImage;
 
 /// A box in normalised image coordinates (0..1): left, top, width, height.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BBox {
     /// Left edge.
     pub x: f32,

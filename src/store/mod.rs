@@ -6,6 +6,8 @@
 //! Writers produce files in the spool first and hand them over whole, so a reader never
 //! sees half a clip.
 
+pub mod insights;
+
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
@@ -152,6 +154,40 @@ impl ObjectStore {
                 p.is_file().then_some(p)
             }
         }
+    }
+
+    /// Deletes clips that ended and snapshots taken before `cutoff_ms` (retention); returns
+    /// how many files went. Emptied day folders go too.
+    pub fn delete_before(&self, cutoff_ms: i64) -> usize {
+        let ObjectStore::Local(s) = self;
+        let cutoff_day = day(cutoff_ms);
+        let mut deleted = 0;
+        for top in ["clips", "snapshots"] {
+            let root = s.root.join(top);
+            for cam in read_names(&root) {
+                for d in read_names(&root.join(&cam)) {
+                    let Ok(date) = NaiveDate::parse_from_str(&d, "%Y-%m-%d") else {
+                        continue;
+                    };
+                    if date > cutoff_day {
+                        continue;
+                    }
+                    let dir = root.join(&cam).join(&d);
+                    for name in read_names(&dir) {
+                        // clips: <start>-<end>.mp4 (ended at <end>); snapshots: <ms>.jpg.
+                        let stem = name.split('.').next().unwrap_or_default();
+                        let last = stem.rsplit('-').next().and_then(|v| v.parse::<i64>().ok());
+                        if last.is_some_and(|t| t < cutoff_ms)
+                            && std::fs::remove_file(dir.join(&name)).is_ok()
+                        {
+                            deleted += 1;
+                        }
+                    }
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+        }
+        deleted
     }
 
     /// Clips of `camera` (or of every camera) overlapping `[from_ms, to_ms)`, oldest first.

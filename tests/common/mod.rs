@@ -165,6 +165,7 @@ pub struct Panoptes {
     pub config: PathBuf,
     pub base: String,
     pub output: Output,
+    env: Vec<(String, String)>,
 }
 
 impl Panoptes {
@@ -179,35 +180,64 @@ impl Panoptes {
         let port = free_port();
         let config = dir.path().join("panoptes.toml");
         std::fs::write(&config, Self::config_text(dir.path(), port, extra, cameras)).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "debug")
-            .envs(env.iter().copied());
-        let (child, output) = Output::spawn(&mut cmd, "panoptes run");
-        let base = format!("http://127.0.0.1:{port}");
-        let out = output.clone();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, output) = Self::launch(&config, &env);
         let mut p = Panoptes {
             child,
             dir,
             config,
-            base,
+            base: format!("http://127.0.0.1:{port}"),
             output,
+            env,
         };
-        let health = format!("{}/healthz", p.base);
-        wait_for(Duration::from_secs(30), "panoptes /healthz", || {
-            if let Ok(Some(status)) = p.child.try_wait() {
+        p.wait_healthy();
+        p
+    }
+
+    fn launch(config: &Path, env: &[(String, String)]) -> (Child, Output) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Output::spawn(&mut cmd, "panoptes run")
+    }
+
+    fn wait_healthy(&mut self) {
+        let health = format!("{}/healthz", self.base);
+        let out = self.output.clone();
+        wait_for(Duration::from_secs(60), "panoptes /healthz", || {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("panoptes exited with {status}: {}", out.text());
             }
             ureq::get(&health).call().ok().map(|_| ())
         });
-        p
     }
 
+    /// Stops panoptes with SIGTERM and starts it again on the same config and data.
+    pub fn restart(&mut self) {
+        let (ok, _) = self.stop();
+        assert!(ok, "panoptes did not stop cleanly: {}", self.output.text());
+        let (child, output) = Self::launch(&self.config, &self.env);
+        self.child = child;
+        self.output = output;
+        self.wait_healthy();
+    }
+
+    /// The config file: inference is off unless `extra` has an `[infer]` section, so ingest
+    /// tests measure ingest alone.
     pub fn config_text(dir: &Path, port: u16, extra: &str, cameras: &str) -> String {
+        let infer = if extra.contains("[infer]") {
+            ""
+        } else {
+            "[infer]\nenabled = false\n"
+        };
         format!(
-            "data_dir = \"{}\"\n{extra}\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n{cameras}\n",
+            "data_dir = \"{}\"\n{extra}\n{infer}\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n{cameras}\n",
             dir.join("data").display()
         )
     }

@@ -1,0 +1,495 @@
+//! The infer worker: sampled frames and audio from the bus in, insights out.
+//!
+//! Frames are pulled in batches across cameras (up to `infer.batch`, or whatever arrived
+//! within `infer.batch_wait`), run through detection and OCR, and each is acknowledged only
+//! after its insights are stored, so a crash means redelivery, never loss; ids are derived
+//! from the capture, so redelivery overwrites. The same object in the same place, or the
+//! same text, on consecutive samples of a camera extends one insight (`ts` .. `ts_end`)
+//! instead of adding one per sample. Audio chunks are gathered per camera until voice
+//! activity detection sees a phrase end, then the phrase is transcribed. Stored insights
+//! are published on `panoptes.insights.<camera>` for live listeners.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Detection, Models, TextLine, decode_image};
+use crate::bus::{Bus, StreamKind};
+use crate::config::InferConfig;
+use crate::store::ObjectStore;
+use crate::store::insights::{Insight, InsightStore, Kind, insight_id};
+
+/// Overlap above which a detection continues the previous sample's object of that label.
+const SAME_PLACE_IOU: f32 = 0.5;
+/// Audio kept per camera while a phrase is still going on.
+const MAX_PENDING_AUDIO_S: usize = 30;
+
+/// Everything the worker needs, shared by its tasks.
+pub struct Worker {
+    models: Arc<Models>,
+    insights: Arc<InsightStore>,
+    objects: ObjectStore,
+    bus: Bus,
+    batch: usize,
+    batch_wait: Duration,
+    /// Gap after which a finding no longer continues (a few sample intervals).
+    continue_within: Duration,
+    tracks: Mutex<HashMap<String, Track>>,
+    audio: Mutex<HashMap<String, PendingAudio>>,
+}
+
+/// What a camera's previous sample showed: the insights it may extend.
+#[derive(Default)]
+struct Track {
+    objects: Vec<Insight>,
+    texts: HashMap<String, Insight>,
+}
+
+/// Audio of one camera not yet transcribed.
+struct PendingAudio {
+    start_ns: i64,
+    samples: Vec<f32>,
+}
+
+impl Worker {
+    /// A worker over loaded models and stores.
+    pub fn new(
+        models: Arc<Models>,
+        insights: Arc<InsightStore>,
+        objects: ObjectStore,
+        bus: Bus,
+        config: &InferConfig,
+        sample_interval: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            models,
+            insights,
+            objects,
+            bus,
+            batch: config.batch.max(1),
+            batch_wait: config.batch_wait,
+            continue_within: (sample_interval * 3).max(Duration::from_secs(5)),
+            tracks: Mutex::new(HashMap::new()),
+            audio: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs the frame and audio loops until `shutdown`; work in hand is finished and acked.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let frames = tokio::spawn(Arc::clone(&self).frames_loop(shutdown.clone()));
+        let audio = tokio::spawn(Arc::clone(&self).audio_loop(shutdown));
+        let _ = tokio::join!(frames, audio);
+    }
+
+    async fn frames_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let Ok(mut consumer) = self.bus.consumer(StreamKind::Frames, "infer").await else {
+            return;
+        };
+        let processed = metrics::counter!("panoptes_infer_frames_total");
+        let failed = metrics::counter!("panoptes_infer_errors_total", "stream" => "frames");
+        let latency = metrics::histogram!("panoptes_infer_batch_seconds", "stream" => "frames");
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                d = consumer.next(Duration::from_millis(500)) => d,
+            };
+            let Some(first) = first else { continue };
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.batch_wait;
+            while batch.len() < self.batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match consumer.next(left).await {
+                    Some(d) => batch.push(d),
+                    None => break,
+                }
+            }
+            let frames: Vec<FrameIn> = batch.iter().map(|d| FrameIn::from(d.message())).collect();
+            let me = Arc::clone(&self);
+            let started = Instant::now();
+            let n = batch.len();
+            match tokio::task::spawn_blocking(move || me.process_frames(frames)).await {
+                Ok(Ok(stored)) => {
+                    latency.record(started.elapsed().as_secs_f64());
+                    processed.increment(n as u64);
+                    for d in batch {
+                        let _ = d.ack().await;
+                    }
+                    self.announce(stored).await;
+                }
+                Ok(Err(e)) => {
+                    failed.increment(1);
+                    tracing::warn!(error = %e, frames = n, "frame batch failed; it will be redelivered");
+                    for d in batch {
+                        let _ = d.nak(&e).await;
+                    }
+                }
+                Err(e) => {
+                    failed.increment(1);
+                    for d in batch {
+                        let _ = d.nak(&format!("inference panicked: {e}")).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn audio_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.models.speech.is_none() {
+            return;
+        }
+        let Ok(mut consumer) = self.bus.consumer(StreamKind::Audio, "infer").await else {
+            return;
+        };
+        let failed = metrics::counter!("panoptes_infer_errors_total", "stream" => "audio");
+        loop {
+            let d = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                d = consumer.next(Duration::from_millis(500)) => d,
+            };
+            let Some(d) = d else { continue };
+            let m = d.message();
+            let chunk = AudioIn {
+                camera: m.header("camera").unwrap_or_default().to_string(),
+                start_ns: m
+                    .header("start-ns")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                pcm: m.payload.clone(),
+            };
+            let me = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || me.process_audio(chunk)).await {
+                Ok(Ok(stored)) => {
+                    let _ = d.ack().await;
+                    self.announce(stored).await;
+                }
+                Ok(Err(e)) => {
+                    failed.increment(1);
+                    let _ = d.nak(&e).await;
+                }
+                Err(e) => {
+                    failed.increment(1);
+                    let _ = d.nak(&format!("inference panicked: {e}")).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes stored insights for live listeners (`/v1/events`).
+    async fn announce(&self, stored: Vec<Insight>) {
+        for i in stored {
+            let Ok(body) = serde_json::to_vec(&i) else {
+                continue;
+            };
+            let headers = vec![
+                ("camera".to_string(), i.camera.clone()),
+                ("kind".to_string(), i.kind.as_str().to_string()),
+                (
+                    "Nats-Msg-Id".to_string(),
+                    format!("{}:{}", i.id, i.ts_end.unwrap_or(i.ts).timestamp_millis()),
+                ),
+            ];
+            let _ = self
+                .bus
+                .publish(
+                    StreamKind::Insights.subject(&i.camera),
+                    headers,
+                    Bytes::from(body),
+                )
+                .await;
+        }
+    }
+
+    /// Detection and OCR over a batch of frames; stores what they found. Returns the
+    /// insights written (new and extended).
+    fn process_frames(&self, frames: Vec<FrameIn>) -> Result<Vec<Insight>, String> {
+        let mut images = Vec::with_capacity(frames.len());
+        let mut kept = Vec::with_capacity(frames.len());
+        for f in &frames {
+            match decode_image(&f.jpeg) {
+                Ok(img) => {
+                    images.push(img);
+                    kept.push(f);
+                }
+                // A frame that does not decode is counted and dropped, not retried.
+                Err(e) => {
+                    metrics::counter!("panoptes_infer_bad_frames_total").increment(1);
+                    tracing::warn!(camera = %f.camera, error = %e, "sampled frame is not a readable JPEG");
+                }
+            }
+        }
+        let refs: Vec<&super::RgbImage> = images.iter().collect();
+        let objects = match &self.models.detector {
+            Some(d) => d.detect(&refs).map_err(|e| e.to_string())?,
+            None => vec![Vec::new(); refs.len()],
+        };
+        let texts = match &self.models.ocr {
+            Some(o) => o.read(&refs).map_err(|e| e.to_string())?,
+            None => vec![Vec::new(); refs.len()],
+        };
+        let detector = self
+            .models
+            .detector
+            .as_ref()
+            .map_or("", |d| d.name.as_str());
+        let mut written = Vec::new();
+        let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        for ((frame, objects), texts) in kept.into_iter().zip(objects).zip(texts) {
+            let track = tracks.entry(frame.camera.clone()).or_default();
+            let (found, fresh) = self.follow(track, frame, objects, texts, detector);
+            if fresh {
+                let key = crate::store::snapshot_key(&frame.camera, frame.at.timestamp_millis());
+                self.objects
+                    .put_bytes(&key, &frame.jpeg)
+                    .map_err(|e| e.to_string())?;
+            }
+            written.extend(found);
+        }
+        drop(tracks);
+        self.store(&written)?;
+        Ok(written)
+    }
+
+    /// Matches one frame's findings against the camera's previous sample: continued ones
+    /// are extended, the rest start new insights (with this frame as snapshot). Returns the
+    /// insights to write and whether any is new.
+    fn follow(
+        &self,
+        track: &mut Track,
+        frame: &FrameIn,
+        objects: Vec<Detection>,
+        texts: Vec<TextLine>,
+        detector: &str,
+    ) -> (Vec<Insight>, bool) {
+        let at = frame.at;
+        let snapshot = crate::store::snapshot_key(&frame.camera, at.timestamp_millis());
+        let recent = |i: &Insight| {
+            let last = i.ts_end.unwrap_or(i.ts);
+            (at - last)
+                .to_std()
+                .is_ok_and(|d| d <= self.continue_within)
+        };
+        let mut out = Vec::new();
+        let mut fresh = false;
+        let mut objects_now = Vec::new();
+        for (index, o) in objects.into_iter().enumerate() {
+            let prev = track.objects.iter().position(|p| {
+                p.label.as_deref() == Some(o.label.as_str())
+                    && recent(p)
+                    && p.bbox.is_some_and(|b| iou(&b, &o.bbox) >= SAME_PLACE_IOU)
+            });
+            let insight = match prev {
+                Some(k) => {
+                    let mut p = track.objects.swap_remove(k);
+                    p.ts_end = Some(at);
+                    p.bbox = Some(o.bbox);
+                    p.confidence = p.confidence.max(o.confidence);
+                    p
+                }
+                None => {
+                    fresh = true;
+                    Insight {
+                        id: insight_id(&frame.camera, Kind::Object, frame.capture_ns, index),
+                        camera: frame.camera.clone(),
+                        kind: Kind::Object,
+                        ts: at,
+                        ts_end: None,
+                        label: Some(o.label),
+                        text: None,
+                        confidence: o.confidence,
+                        bbox: Some(o.bbox),
+                        snapshot: Some(snapshot.clone()),
+                        clip: None,
+                        model: detector.to_string(),
+                    }
+                }
+            };
+            out.push(insight.clone());
+            objects_now.push(insight);
+        }
+        track.objects = objects_now;
+        let mut texts_now = HashMap::new();
+        for (index, t) in texts.into_iter().enumerate() {
+            let key = normalize(&t.text);
+            let insight = match track.texts.remove(&key).filter(|p| recent(p)) {
+                Some(mut p) => {
+                    p.ts_end = Some(at);
+                    p.bbox = Some(t.bbox);
+                    p.confidence = p.confidence.max(t.confidence);
+                    p
+                }
+                None => {
+                    fresh = true;
+                    Insight {
+                        id: insight_id(&frame.camera, Kind::Text, frame.capture_ns, index),
+                        camera: frame.camera.clone(),
+                        kind: Kind::Text,
+                        ts: at,
+                        ts_end: None,
+                        label: None,
+                        text: Some(t.text),
+                        confidence: t.confidence,
+                        bbox: Some(t.bbox),
+                        snapshot: Some(snapshot.clone()),
+                        clip: None,
+                        model: "ppocr".into(),
+                    }
+                }
+            };
+            out.push(insight.clone());
+            texts_now.insert(key, insight);
+        }
+        track.texts = texts_now;
+        (out, fresh)
+    }
+
+    /// Adds one chunk to the camera's pending audio and transcribes the phrases that have
+    /// ended. Returns the insights written.
+    fn process_audio(&self, chunk: AudioIn) -> Result<Vec<Insight>, String> {
+        let Some(speech) = &self.models.speech else {
+            return Ok(Vec::new());
+        };
+        let rate = super::speech::SAMPLE_RATE as usize;
+        let samples: Vec<f32> = chunk
+            .pcm
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+            .collect();
+        let mut pending = self.audio.lock().unwrap_or_else(|p| p.into_inner());
+        let buf = pending.entry(chunk.camera.clone()).or_insert(PendingAudio {
+            start_ns: chunk.start_ns,
+            samples: Vec::new(),
+        });
+        // A gap (reconnect, dropped chunk) starts over: audio on both sides is not one phrase.
+        let expected = buf.start_ns + (buf.samples.len() as i64 * 1_000_000_000 / rate as i64);
+        if buf.samples.is_empty() || (chunk.start_ns - expected).abs() > 200_000_000 {
+            buf.start_ns = chunk.start_ns;
+            buf.samples.clear();
+        }
+        buf.samples.extend_from_slice(&samples);
+        let ranges = speech
+            .speech_ranges(&buf.samples)
+            .map_err(|e| e.to_string())?;
+        let len = buf.samples.len();
+        let full = len >= MAX_PENDING_AUDIO_S * rate;
+        // A phrase touching the end may go on in the next chunk: wait, unless the buffer is full.
+        let done: Vec<(usize, usize)> = ranges
+            .iter()
+            .copied()
+            .filter(|&(_, b)| b + rate / 2 < len || full)
+            .collect();
+        let keep_from = ranges
+            .iter()
+            .find(|&&(_, b)| b + rate / 2 >= len && !full)
+            .map_or(len.saturating_sub(rate / 2), |&(a, _)| a);
+        let clips: Vec<&[f32]> = done.iter().map(|&(a, b)| &buf.samples[a..b]).collect();
+        let texts = speech.recognize(&clips).map_err(|e| e.to_string())?;
+        let ns = |s: usize| buf.start_ns + (s as i64 * 1_000_000_000 / rate as i64);
+        let mut written = Vec::new();
+        for (&(a, b), (text, confidence)) in done.iter().zip(texts) {
+            if text.is_empty() {
+                continue;
+            }
+            written.push(Insight {
+                id: insight_id(&chunk.camera, Kind::Speech, ns(a), 0),
+                camera: chunk.camera.clone(),
+                kind: Kind::Speech,
+                ts: DateTime::from_timestamp_nanos(ns(a)),
+                ts_end: Some(DateTime::from_timestamp_nanos(ns(b))),
+                label: None,
+                text: Some(text),
+                confidence,
+                bbox: None,
+                snapshot: None,
+                clip: None,
+                model: "whisper-tiny.en".into(),
+            });
+        }
+        let new_start = ns(keep_from);
+        buf.samples.drain(..keep_from);
+        buf.start_ns = new_start;
+        drop(pending);
+        self.store(&written)?;
+        Ok(written)
+    }
+
+    /// Embeds new texts and writes the insights.
+    fn store(&self, insights: &[Insight]) -> Result<(), String> {
+        if insights.is_empty() {
+            return Ok(());
+        }
+        let bodies: Vec<&str> = insights.iter().filter_map(|i| i.body()).collect();
+        let missing = self
+            .insights
+            .missing_texts(&bodies)
+            .map_err(|e| e.to_string())?;
+        let mut embeddings = HashMap::new();
+        if !missing.is_empty() {
+            let refs: Vec<&str> = missing.iter().map(String::as_str).collect();
+            let vectors = self
+                .models
+                .embedder
+                .embed(&refs)
+                .map_err(|e| e.to_string())?;
+            embeddings.extend(missing.into_iter().zip(vectors));
+        }
+        self.insights
+            .upsert(insights, &embeddings)
+            .map_err(|e| e.to_string())?;
+        metrics::counter!("panoptes_infer_insights_written_total").increment(insights.len() as u64);
+        Ok(())
+    }
+}
+
+/// A sampled frame from the bus.
+struct FrameIn {
+    camera: String,
+    capture_ns: i64,
+    at: DateTime<Utc>,
+    jpeg: Bytes,
+}
+
+impl From<&crate::bus::Message> for FrameIn {
+    fn from(m: &crate::bus::Message) -> Self {
+        let capture_ns = m
+            .header("capture-ns")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| Utc::now().timestamp_nanos_opt().unwrap_or(0));
+        FrameIn {
+            camera: m.header("camera").unwrap_or_default().to_string(),
+            capture_ns,
+            at: DateTime::from_timestamp_nanos(capture_ns),
+            jpeg: m.payload.clone(),
+        }
+    }
+}
+
+/// An audio chunk from the bus: s16le 16 kHz mono.
+struct AudioIn {
+    camera: String,
+    start_ns: i64,
+    pcm: Bytes,
+}
+
+fn normalize(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn iou(a: &super::BBox, b: &super::BBox) -> f32 {
+    let iw = ((a.x + a.w).min(b.x + b.w) - a.x.max(b.x)).max(0.0);
+    let ih = ((a.y + a.h).min(b.y + b.h) - a.y.max(b.y)).max(0.0);
+    let inter = iw * ih;
+    let union = a.w * a.h + b.w * b.h - inter;
+    if union <= 0.0 { 0.0 } else { inter / union }
+}
