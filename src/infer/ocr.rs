@@ -197,7 +197,10 @@ impl Ocr {
             let Some((text, confidence)) = t else {
                 continue;
             };
-            if text.trim().is_empty() || confidence < self.min_confidence {
+            // A lone character is nearly always a texture read as a glyph.
+            if text.chars().filter(|c| c.is_alphanumeric()).count() < 2
+                || confidence < self.min_confidence
+            {
                 continue;
             }
             out[*i].push(TextLine {
@@ -450,6 +453,12 @@ fn db_regions(
         if rect.half[0].min(rect.half[1]) * 2.0 < 3.0 {
             continue;
         }
+        // Scored over the whole box, as PaddleOCR does: a text line fills its box, a
+        // sprawling texture (foliage, coffee foam) does not.
+        let box_area = 4.0 * rect.half[0] * rect.half[1];
+        if score / box_area.max(count as f32) < BOX_THRESHOLD {
+            continue;
+        }
         // Grow by d = area * ratio / perimeter on every side (the offset DB's training undoes).
         let (rw, rh) = (rect.half[0] * 2.0, rect.half[1] * 2.0);
         let d = rw * rh * UNCLIP_RATIO / (2.0 * (rw + rh));
@@ -612,6 +621,21 @@ mod tests {
             r.tl[0] < r.tr[0] && r.tl[1] < r.bl[1],
             "reads left to right: {r:?}"
         );
+    }
+
+    #[test]
+    fn a_sparse_texture_is_not_text() {
+        // Every other pixel over 40 x 20: one 8-connected region filling half its box.
+        let (w, h) = (64, 32);
+        let mut prob = vec![0.0; w * h];
+        for y in 5..25 {
+            for x in 5..45 {
+                if (x + y) % 2 == 0 {
+                    prob[y * w + x] = 0.9;
+                }
+            }
+        }
+        assert!(db_regions(&prob, w, h, &mut Vec::new(), &mut Vec::new()).is_empty());
     }
 
     #[test]
