@@ -244,7 +244,8 @@ impl Worker {
         let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
         for ((frame, objects), texts) in kept.into_iter().zip(objects).zip(texts) {
             let track = tracks.entry(frame.camera.clone()).or_default();
-            let (found, fresh) = self.follow(track, frame, objects, texts, detector);
+            let (found, fresh) =
+                follow(track, frame, objects, texts, detector, self.continue_within);
             if fresh {
                 let key = crate::store::snapshot_key(&frame.camera, frame.at.timestamp_millis());
                 self.objects
@@ -256,99 +257,6 @@ impl Worker {
         drop(tracks);
         self.store(&written)?;
         Ok(written)
-    }
-
-    /// Matches one frame's findings against the camera's previous sample: continued ones
-    /// are extended, the rest start new insights (with this frame as snapshot). Returns the
-    /// insights to write and whether any is new.
-    fn follow(
-        &self,
-        track: &mut Track,
-        frame: &FrameIn,
-        objects: Vec<Detection>,
-        texts: Vec<TextLine>,
-        detector: &str,
-    ) -> (Vec<Insight>, bool) {
-        let at = frame.at;
-        let snapshot = crate::store::snapshot_key(&frame.camera, at.timestamp_millis());
-        let recent = |i: &Insight| {
-            let last = i.ts_end.unwrap_or(i.ts);
-            (at - last)
-                .to_std()
-                .is_ok_and(|d| d <= self.continue_within)
-        };
-        let mut out = Vec::new();
-        let mut fresh = false;
-        let mut objects_now = Vec::new();
-        for (index, o) in objects.into_iter().enumerate() {
-            let prev = track.objects.iter().position(|p| {
-                p.label.as_deref() == Some(o.label.as_str())
-                    && recent(p)
-                    && p.bbox.is_some_and(|b| iou(&b, &o.bbox) >= SAME_PLACE_IOU)
-            });
-            let insight = match prev {
-                Some(k) => {
-                    let mut p = track.objects.swap_remove(k);
-                    p.ts_end = Some(at);
-                    p.bbox = Some(o.bbox);
-                    p.confidence = p.confidence.max(o.confidence);
-                    p
-                }
-                None => {
-                    fresh = true;
-                    Insight {
-                        id: insight_id(&frame.camera, Kind::Object, frame.capture_ns, index),
-                        camera: frame.camera.clone(),
-                        kind: Kind::Object,
-                        ts: at,
-                        ts_end: None,
-                        label: Some(o.label),
-                        text: None,
-                        confidence: o.confidence,
-                        bbox: Some(o.bbox),
-                        snapshot: Some(snapshot.clone()),
-                        clip: None,
-                        model: detector.to_string(),
-                    }
-                }
-            };
-            out.push(insight.clone());
-            objects_now.push(insight);
-        }
-        track.objects = objects_now;
-        let mut texts_now = HashMap::new();
-        for (index, t) in texts.into_iter().enumerate() {
-            let key = normalize(&t.text);
-            let insight = match track.texts.remove(&key).filter(|p| recent(p)) {
-                Some(mut p) => {
-                    p.ts_end = Some(at);
-                    p.bbox = Some(t.bbox);
-                    p.confidence = p.confidence.max(t.confidence);
-                    p
-                }
-                None => {
-                    fresh = true;
-                    Insight {
-                        id: insight_id(&frame.camera, Kind::Text, frame.capture_ns, index),
-                        camera: frame.camera.clone(),
-                        kind: Kind::Text,
-                        ts: at,
-                        ts_end: None,
-                        label: None,
-                        text: Some(t.text),
-                        confidence: t.confidence,
-                        bbox: Some(t.bbox),
-                        snapshot: Some(snapshot.clone()),
-                        clip: None,
-                        model: "ppocr".into(),
-                    }
-                }
-            };
-            out.push(insight.clone());
-            texts_now.insert(key, insight);
-        }
-        track.texts = texts_now;
-        (out, fresh)
     }
 
     /// Adds one chunk to the camera's pending audio and transcribes the phrases that have
@@ -472,6 +380,109 @@ impl From<&crate::bus::Message> for FrameIn {
     }
 }
 
+/// Matches one frame's findings against the camera's previous sample: continued ones
+/// are extended, the rest start new insights (with this frame as snapshot). Returns the
+/// insights to write and whether any is new.
+fn follow(
+    track: &mut Track,
+    frame: &FrameIn,
+    objects: Vec<Detection>,
+    texts: Vec<TextLine>,
+    detector: &str,
+    continue_within: Duration,
+) -> (Vec<Insight>, bool) {
+    let at = frame.at;
+    let snapshot = crate::store::snapshot_key(&frame.camera, at.timestamp_millis());
+    let recent = |i: &Insight| {
+        let last = i.ts_end.unwrap_or(i.ts);
+        (at - last).to_std().is_ok_and(|d| d <= continue_within)
+    };
+    let mut out = Vec::new();
+    let mut fresh = false;
+    let mut objects_now = Vec::new();
+    for (index, o) in objects.into_iter().enumerate() {
+        let prev = track.objects.iter().position(|p| {
+            p.label.as_deref() == Some(o.label.as_str())
+                && recent(p)
+                && p.bbox.is_some_and(|b| iou(&b, &o.bbox) >= SAME_PLACE_IOU)
+        });
+        let insight = match prev {
+            Some(k) => extend(track.objects.swap_remove(k), at, o.bbox, o.confidence),
+            None => {
+                fresh = true;
+                Insight {
+                    label: Some(o.label),
+                    ..frame.insight(
+                        Kind::Object,
+                        index,
+                        o.confidence,
+                        o.bbox,
+                        &snapshot,
+                        detector,
+                    )
+                }
+            }
+        };
+        out.push(insight.clone());
+        objects_now.push(insight);
+    }
+    track.objects = objects_now;
+    let mut texts_now = HashMap::new();
+    for (index, t) in texts.into_iter().enumerate() {
+        let key = normalize(&t.text);
+        let insight = match track.texts.remove(&key).filter(|p| recent(p)) {
+            Some(p) => extend(p, at, t.bbox, t.confidence),
+            None => {
+                fresh = true;
+                Insight {
+                    text: Some(t.text),
+                    ..frame.insight(Kind::Text, index, t.confidence, t.bbox, &snapshot, "ppocr")
+                }
+            }
+        };
+        out.push(insight.clone());
+        texts_now.insert(key, insight);
+    }
+    track.texts = texts_now;
+    (out, fresh)
+}
+
+impl FrameIn {
+    /// A new insight found in this frame, with neither label nor text yet.
+    fn insight(
+        &self,
+        kind: Kind,
+        index: usize,
+        confidence: f32,
+        bbox: super::BBox,
+        snapshot: &str,
+        model: &str,
+    ) -> Insight {
+        Insight {
+            id: insight_id(&self.camera, kind, self.capture_ns, index),
+            camera: self.camera.clone(),
+            kind,
+            ts: self.at,
+            ts_end: None,
+            label: None,
+            text: None,
+            confidence,
+            bbox: Some(bbox),
+            snapshot: Some(snapshot.to_string()),
+            clip: None,
+            model: model.to_string(),
+        }
+    }
+}
+
+/// A finding seen again at `at`: it lasts until then, where it is now.
+fn extend(mut i: Insight, at: DateTime<Utc>, bbox: super::BBox, confidence: f32) -> Insight {
+    i.ts_end = Some(at);
+    i.bbox = Some(bbox);
+    i.confidence = i.confidence.max(confidence);
+    i
+}
+
 /// An audio chunk from the bus: s16le 16 kHz mono.
 struct AudioIn {
     camera: String,
@@ -492,4 +503,92 @@ fn iou(a: &super::BBox, b: &super::BBox) -> f32 {
     let inter = iw * ih;
     let union = a.w * a.h + b.w * b.h - inter;
     if union <= 0.0 { 0.0 } else { inter / union }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::BBox;
+
+    fn frame(at_s: i64) -> FrameIn {
+        let capture_ns = 1_800_000_000_000_000_000 + at_s * 1_000_000_000;
+        FrameIn {
+            camera: "lobby".into(),
+            capture_ns,
+            at: DateTime::from_timestamp_nanos(capture_ns),
+            jpeg: Bytes::new(),
+        }
+    }
+
+    fn person(x: f32) -> Detection {
+        Detection {
+            label: "person".into(),
+            class: 0,
+            confidence: 0.8,
+            bbox: BBox {
+                x,
+                y: 0.1,
+                w: 0.2,
+                h: 0.5,
+            },
+        }
+    }
+
+    fn sign() -> TextLine {
+        TextLine {
+            text: "DOCK 42".into(),
+            confidence: 0.9,
+            bbox: BBox {
+                x: 0.1,
+                y: 0.4,
+                w: 0.5,
+                h: 0.1,
+            },
+        }
+    }
+
+    #[test]
+    fn a_finding_on_consecutive_samples_is_one_insight() {
+        let mut track = Track::default();
+        let within = Duration::from_secs(6);
+        let (first, fresh) = follow(
+            &mut track,
+            &frame(0),
+            vec![person(0.1)],
+            vec![sign()],
+            "yolo",
+            within,
+        );
+        assert!(fresh);
+        assert_eq!(first.len(), 2);
+        // Same place, same text, 2 s later: the same two insights, lasting longer.
+        let (second, fresh) = follow(
+            &mut track,
+            &frame(2),
+            vec![person(0.12)],
+            vec![sign()],
+            "yolo",
+            within,
+        );
+        assert!(!fresh, "nothing new, so no new snapshot");
+        assert_eq!(second[0].id, first[0].id);
+        assert_eq!(second[1].id, first[1].id);
+        assert_eq!(second[0].ts_end, Some(frame(2).at));
+        assert_eq!(second[0].snapshot, first[0].snapshot);
+        // Moved across the picture: a new insight.
+        let (third, fresh) = follow(
+            &mut track,
+            &frame(4),
+            vec![person(0.7)],
+            vec![],
+            "yolo",
+            within,
+        );
+        assert!(fresh);
+        assert_ne!(third[0].id, first[0].id);
+        // The sign comes back after a long gap: a new insight too.
+        let (fourth, _) = follow(&mut track, &frame(30), vec![], vec![sign()], "yolo", within);
+        assert_ne!(fourth[0].id, first[1].id);
+        assert_eq!(fourth[0].ts_end, None);
+    }
 }
