@@ -32,6 +32,7 @@ pub struct Detection {
 #[derive(Default)]
 struct Scratch {
     input: Vec<f32>,
+    best: Vec<(f32, u32)>,
     candidates: Vec<Candidate>,
 }
 
@@ -149,6 +150,7 @@ impl Detector {
                 classes,
                 anchors,
                 self.min_confidence,
+                &mut scratch.best,
                 &mut scratch.candidates,
             );
             nms(&mut scratch.candidates, self.nms_iou);
@@ -217,28 +219,36 @@ fn letterbox(img: &RgbImage, size: usize, dst: &mut [f32]) -> Letterbox {
     }
 }
 
-/// Best class per anchor above `min`, from rows laid out as [4 + classes][anchors].
-fn decode(rows: &[f32], classes: usize, anchors: usize, min: f32, out: &mut Vec<Candidate>) {
+/// Best class per anchor above `min`, from rows laid out as [4 + classes][anchors]. Scores
+/// are scanned class by class (contiguous rows), keeping the best per anchor in `best`.
+fn decode(
+    rows: &[f32],
+    classes: usize,
+    anchors: usize,
+    min: f32,
+    best: &mut Vec<(f32, u32)>,
+    out: &mut Vec<Candidate>,
+) {
     out.clear();
-    let scores = &rows[4 * anchors..];
-    for a in 0..anchors {
-        let mut best = 0;
-        let mut best_score = scores[a];
-        for c in 1..classes {
-            let v = scores[c * anchors + a];
-            if v > best_score {
-                best_score = v;
-                best = c;
+    best.clear();
+    best.resize(anchors, (f32::NEG_INFINITY, 0));
+    for c in 0..classes {
+        let row = &rows[(4 + c) * anchors..(5 + c) * anchors];
+        for (b, &v) in best.iter_mut().zip(row) {
+            if v > b.0 {
+                *b = (v, c as u32);
             }
         }
-        if best_score < min {
+    }
+    for (a, &(score, class)) in best.iter().enumerate() {
+        if score < min {
             continue;
         }
         let (cx, cy) = (rows[a], rows[anchors + a]);
         let (w, h) = (rows[2 * anchors + a], rows[3 * anchors + a]);
         out.push(Candidate {
-            class: best,
-            score: best_score,
+            class: class as usize,
+            score,
             bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
         });
     }
@@ -362,7 +372,7 @@ mod tests {
             0.3, 0.2, // class 1
         ];
         let mut out = Vec::new();
-        decode(&rows, 2, 2, 0.25, &mut out);
+        decode(&rows, 2, 2, 0.25, &mut Vec::new(), &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].class, out[0].score), (1, 0.3));
         assert_eq!(out[0].bbox, [8.0, 9.0, 12.0, 11.0]);

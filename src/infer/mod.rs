@@ -191,7 +191,7 @@ impl Runtime {
         let err = model_err(model);
         let mut builder = Session::builder(&self.env)
             .map_err(|e| err(&e))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| err(&e))?
             .with_intra_threads(self.threads)
             .map_err(|e| err(&e))?

@@ -403,6 +403,7 @@ fn db_regions(
     let mut regions = Vec::new();
     let mut next = 0u32;
     let mut points: Vec<[f32; 2]> = Vec::new();
+    let mut extremes: std::collections::HashMap<usize, (usize, usize)> = Default::default();
     for start in 0..w * h {
         if labels[start] != 0 || prob[start] <= DET_THRESHOLD {
             continue;
@@ -416,19 +417,17 @@ fn db_regions(
         stack.clear();
         stack.push(start);
         points.clear();
+        extremes.clear();
         let mut score = 0.0;
         let mut count = 0usize;
         while let Some(p) = stack.pop() {
             let (x, y) = (p % w, p / w);
             score += prob[p];
             count += 1;
-            let (fx, fy) = (x as f32, y as f32);
-            points.extend([
-                [fx, fy],
-                [fx + 1.0, fy],
-                [fx, fy + 1.0],
-                [fx + 1.0, fy + 1.0],
-            ]);
+            // Only the leftmost and rightmost pixel of each row can be on the hull.
+            let (left, right) = extremes.entry(y).or_insert((x, x));
+            *left = (*left).min(x);
+            *right = (*right).max(x);
             for dy in -1i32..=1 {
                 for dx in -1i32..=1 {
                     let (nx, ny) = (x as i32 + dx, y as i32 + dy);
@@ -445,6 +444,10 @@ fn db_regions(
         }
         if count < 4 || score / (count as f32) < BOX_THRESHOLD {
             continue;
+        }
+        for (&y, &(left, right)) in &extremes {
+            let (fy, l, r) = (y as f32, left as f32, right as f32 + 1.0);
+            points.extend([[l, fy], [l, fy + 1.0], [r, fy], [r, fy + 1.0]]);
         }
         let hull = convex_hull(&mut points);
         let Some(rect) = min_area_rect(&hull) else {
@@ -519,7 +522,7 @@ fn cross(o: [f32; 2], a: [f32; 2], b: [f32; 2]) -> f32 {
 
 /// Convex hull (Andrew's monotone chain), counter-clockwise.
 fn convex_hull(points: &mut [[f32; 2]]) -> Vec<[f32; 2]> {
-    points.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    points.sort_unstable_by(|a, b| a[0].total_cmp(&b[0]).then(a[1].total_cmp(&b[1])));
     let mut hull: Vec<[f32; 2]> = Vec::with_capacity(points.len() / 2 + 2);
     for pass in 0..2 {
         let start = hull.len();

@@ -138,10 +138,88 @@ pub(crate) fn fill(dst: &mut [f32], v: f32, norm: &Normalize) {
 /// Samples `img` through `map` into the region `t` of the planar buffer `dst`, bilinearly,
 /// normalising on the way. Source positions outside the image take the nearest edge pixel.
 pub(crate) fn sample(img: &RgbImage, map: &Affine, dst: &mut [f32], t: &Target, norm: &Normalize) {
-    let (sw, sh) = (img.width() as i32, img.height() as i32);
-    if sw == 0 || sh == 0 {
+    if img.width() == 0 || img.height() == 0 || t.w == 0 || t.h == 0 {
         return;
     }
+    if map.dx[1] == 0.0 && map.dy[0] == 0.0 {
+        sample_axis_aligned(img, map, dst, t, norm);
+    } else {
+        sample_rotated(img, map, dst, t, norm);
+    }
+}
+
+/// `floor` by conversion: the default x86-64 target has no rounding instruction, and
+/// `f32::floor` becomes a call per pixel.
+#[inline]
+fn floor_i32(v: f32) -> i32 {
+    let i = v as i32;
+    if (i as f32) > v { i - 1 } else { i }
+}
+
+/// Source taps for one output coordinate: the two neighbouring pixels (clamped) and the
+/// weight of the second.
+#[inline]
+fn taps(v: f32, len: i32, scale: usize) -> (usize, usize, f32) {
+    let i = floor_i32(v);
+    let a = i.clamp(0, len - 1) as usize * scale;
+    let b = (i + 1).clamp(0, len - 1) as usize * scale;
+    (a, b, v - i as f32)
+}
+
+/// Resizes and letterboxes: the column taps are worked out once, then each output row reads
+/// two source rows.
+fn sample_axis_aligned(
+    img: &RgbImage,
+    map: &Affine,
+    dst: &mut [f32],
+    t: &Target,
+    norm: &Normalize,
+) {
+    let (sw, sh) = (img.width() as i32, img.height() as i32);
+    let src = img.as_raw();
+    let stride = sw as usize * 3;
+    let plane = t.plane_w * t.plane_h;
+    let cols: Vec<(usize, usize, f32)> = (0..t.w)
+        .map(|x| taps(map.origin[0] + x as f32 * map.dx[0], sw, 3))
+        .collect();
+    let (p0, rest) = dst.split_at_mut(plane);
+    let (p1, rest) = rest.split_at_mut(plane);
+    let p2 = &mut rest[..plane];
+    let mut by_plane = [p0, p1, p2];
+    for y in 0..t.h {
+        let (ya, yb, ay) = taps(map.origin[1] + y as f32 * map.dy[1], sh, stride);
+        let (ra, rb) = (&src[ya..ya + stride], &src[yb..yb + stride]);
+        let at = (t.y0 + y) * t.plane_w + t.x0;
+        let [q0, q1, q2] = &mut by_plane;
+        let mut rows = [
+            Some(&mut q0[at..at + t.w]),
+            Some(&mut q1[at..at + t.w]),
+            Some(&mut q2[at..at + t.w]),
+        ];
+        // Output rows in source channel order (R, G, B), whatever the plane order.
+        let (Some(r), Some(g), Some(b)) = (
+            rows[norm.plane(0)].take(),
+            rows[norm.plane(1)].take(),
+            rows[norm.plane(2)].take(),
+        ) else {
+            return;
+        };
+        for (((&(xa, xb, ax), r), g), b) in cols.iter().zip(r).zip(g).zip(b) {
+            let lerp = |c: usize| {
+                let top = ra[xa + c] as f32 + (ra[xb + c] as f32 - ra[xa + c] as f32) * ax;
+                let bottom = rb[xa + c] as f32 + (rb[xb + c] as f32 - rb[xa + c] as f32) * ax;
+                top + (bottom - top) * ay
+            };
+            *r = norm.apply(0, lerp(0));
+            *g = norm.apply(1, lerp(1));
+            *b = norm.apply(2, lerp(2));
+        }
+    }
+}
+
+/// Rotated crops: every output pixel maps to its own source position.
+fn sample_rotated(img: &RgbImage, map: &Affine, dst: &mut [f32], t: &Target, norm: &Normalize) {
+    let (sw, sh) = (img.width() as i32, img.height() as i32);
     let src = img.as_raw();
     let stride = sw as usize * 3;
     let plane = t.plane_w * t.plane_h;
@@ -153,16 +231,8 @@ pub(crate) fn sample(img: &RgbImage, map: &Affine, dst: &mut [f32], t: &Target, 
         ];
         let out_row = (t.y0 + y) * t.plane_w + t.x0;
         for x in 0..t.w {
-            let fx = row_origin[0] + x as f32 * map.dx[0];
-            let fy = row_origin[1] + x as f32 * map.dx[1];
-            let x0f = fx.floor();
-            let y0f = fy.floor();
-            let ax = fx - x0f;
-            let ay = fy - y0f;
-            let xa = (x0f as i32).clamp(0, sw - 1) as usize * 3;
-            let xb = (x0f as i32 + 1).clamp(0, sw - 1) as usize * 3;
-            let ya = (y0f as i32).clamp(0, sh - 1) as usize * stride;
-            let yb = (y0f as i32 + 1).clamp(0, sh - 1) as usize * stride;
+            let (xa, xb, ax) = taps(row_origin[0] + x as f32 * map.dx[0], sw, 3);
+            let (ya, yb, ay) = taps(row_origin[1] + x as f32 * map.dx[1], sh, stride);
             let out = out_row + x;
             for c in 0..3 {
                 let p00 = src[ya + xa + c] as f32;
@@ -234,6 +304,35 @@ mod tests {
         let map = Affine::quad([4.0, 0.0], [8.0, 0.0], [4.0, 4.0], 2, 2);
         sample(&img, &map, &mut dst, &t, &Normalize::SIGNED_BGR);
         assert!(dst.iter().all(|v| (v - 1.0).abs() < 1e-5), "{dst:?}");
+    }
+
+    #[test]
+    fn both_samplers_agree_on_a_resize() {
+        let img = RgbImage::from_fn(37, 23, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x + y) * 3) as u8])
+        });
+        let (w, h) = (64, 40);
+        let t = Target {
+            plane_w: w,
+            plane_h: h,
+            x0: 0,
+            y0: 0,
+            w,
+            h,
+        };
+        let map = Affine::resize(37, 23, w, h);
+        let mut fast = vec![0.0; 3 * w * h];
+        let mut slow = vec![0.0; 3 * w * h];
+        sample_axis_aligned(&img, &map, &mut fast, &t, &Normalize::SIGNED_BGR);
+        sample_rotated(&img, &map, &mut slow, &t, &Normalize::SIGNED_BGR);
+        let worst = fast
+            .iter()
+            .zip(&slow)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{worst}");
+        assert_eq!(floor_i32(-0.5), -1);
+        assert_eq!(floor_i32(2.0), 2);
     }
 
     #[test]

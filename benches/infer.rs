@@ -1,0 +1,1313 @@
+//! Inference benchmark: each model on the same inputs through Panoptes and through the Python
+//! `onnxruntime` package (same .onnx files, threads and batch), and Panoptes' overhead over a
+//! bare `Session::run` of the same model runs.
+//!
+//! `cargo bench --bench infer -- [--threads 2] [--batch 8] [--secs 6] [--rounds 6]
+//! [--only detect,ocr,speech,embed] [--no-python]`
+//!
+//! `--secs` is the measured time per side and case, split into `--rounds` turns. Models come
+//! from `models/` (`models/install.sh`; `PANOPTES_MODELS` overrides), ONNX Runtime from there
+//! too, CPU provider.
+//!
+//! Cases (one iteration each; items/s = items per iteration x iterations / seconds):
+//! - `detect`: B decoded RGB photos (astronaut, chelsea, coffee, repeated to fill the batch)
+//!   through [`Detector::detect`]: letterbox, one [B,3,640,640] run, decoding and class-wise
+//!   NMS. Items: images.
+//! - `ocr`: B copies of a 640x360 frame of `tests/fixtures/out/lobby.mp4` (extracted once
+//!   with `gst-launch-1.0` into `~/.cache/panoptes/bench/lobby.png`) through [`Ocr::read`]:
+//!   DB detection per frame, orientation check and recognition of the crops. Items: frames.
+//! - `speech`: `models/samples/beckett.wav` (10 s, 16 kHz) through [`Speech::transcribe`]:
+//!   Silero VAD window by window, log-mel, Whisper encoder and greedy decoding with the KV
+//!   cache, detokenising. Items: clips (of 10 s; one speech segment, so no batching).
+//! - `embed`: 64 short sentences through [`Embedder::embed`] (batches of max(B, 16), as
+//!   Panoptes runs them): tokenising, one run per batch, mean pooling. Items: texts.
+//!
+//! Three figures per case, each after a warm-up, measured in turns (`--rounds`; the order
+//! alternates, so that background load falls on every side alike):
+//! - Panoptes: end to end through the public API (inputs already decoded, outputs typed).
+//! - Python: `benches/infer_reference.py`, driven as a subprocess, does the same work with
+//!   `onnxruntime` (intra-op threads = `--threads`, inter-op 1, `ORT_ENABLE_ALL`; OpenCV gets
+//!   the same threads) and the usual Python pre/post-processing (OpenCV, NumPy, pyclipper,
+//!   `tokenizers`), on the same inputs, which the bench writes to
+//!   `~/.cache/panoptes/bench/infer_reference.json` (`python benches/infer_reference.py
+//!   FILE` runs the reference alone). It runs in the Python environment `models/install.sh`
+//!   makes (`$PANOPTES_VENV`, by default `~/.cache/panoptes/venv`); the bench installs
+//!   `opencv-python-headless`, `pyclipper` and `tokenizers` (pinned) into it with pip when
+//!   they are missing, and does nothing when they are there.
+//! - Bare: `Session::run` alone (sessions from [`Runtime::session`], same provider and threads)
+//!   on pre-filled inputs of the shapes Panoptes uses, for every model run of the case: the
+//!   detector; the OCR detector, classifier and recogniser; VAD, encoder and decoder (replaying
+//!   the decoded tokens); the embedder. What each bare figure covers is printed with it.
+//!   Overhead = end-to-end time / bare time - 1: Panoptes' own pre/post-processing and glue.
+//!
+//! The table gives items/s over all rounds. Below it: the slowest and fastest round of each
+//! side and the median over the rounds of the ratio and the overhead (the sides of one round
+//! run back to back, so these medians are the steadier figures on a busy machine). With
+//! `--threads` equal to the core count, anything else running (a build) slows the model runs
+//! by up to half, round by round; use more `--rounds` or a quiet machine.
+//!
+//! Targets (from the issue): Panoptes >= 1.2x the Python reference end to end, overhead <= 10%.
+//! Figures are printed, never asserted. The outputs of both sides are compared (labels, text
+//! read, transcript words, embedding cosine) and a warning is printed when they disagree.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ort::value::{DynValue, Tensor, TensorRef};
+use serde_json::{Value, json};
+
+use panoptes::config::{InferConfig, ModelsConfig};
+use panoptes::infer::{
+    Detector, Embedder, Ocr, RgbImage, Runtime, Speech, decode_image, log_mel, similarity,
+};
+
+const CASES: [&str; 4] = ["detect", "ocr", "speech", "embed"];
+/// Python packages the reference needs beyond what `models/install.sh` installs (the versions
+/// the reference was checked with).
+const PY_EXTRAS: [&str; 3] = [
+    "opencv-python-headless==5.0.0.93",
+    "pyclipper==1.4.0",
+    "tokenizers==0.23.3",
+];
+const LOBBY_TEXT: &str = "PANOPTES DOCK 42";
+
+/// The sentences of the `embed` case: the kind of text insights carry.
+const SENTENCES: [&str; 64] = [
+    "a person walks past the loading dock",
+    "a delivery truck arrives at the gate",
+    "two people talk near the entrance",
+    "a cat sleeps on the windowsill",
+    "a cup of coffee on a wooden table",
+    "the parking lot is empty at night",
+    "a forklift moves pallets in the warehouse",
+    "someone leaves a package by the door",
+    "a red car parks in the visitor bay",
+    "the lobby lights turn on at seven",
+    "a man in a blue jacket checks his phone",
+    "a woman carries a box up the stairs",
+    "a dog runs across the courtyard",
+    "the side door is left open",
+    "a cyclist rides through the car park",
+    "snow covers the entrance ramp",
+    "a van reverses into dock three",
+    "a crowd gathers outside the shop",
+    "the shutter goes up at the loading bay",
+    "a security guard patrols the corridor",
+    "text on the sign reads PANOPTES DOCK 42",
+    "an alarm sounds in the server room",
+    "rain falls on the empty street",
+    "a bus stops at the corner",
+    "boxes are stacked beside the conveyor",
+    "a child plays with a ball in the hall",
+    "the reception desk is unattended",
+    "a courier scans a parcel at the desk",
+    "smoke rises behind the building",
+    "a bicycle is chained to the railing",
+    "the gate barrier lifts for a lorry",
+    "people queue at the ticket machine",
+    "a cleaner mops the lobby floor",
+    "the camera view is blocked by a ladder",
+    "a white van waits with its engine running",
+    "two workers unload crates from a trailer",
+    "a person in a hard hat inspects the racking",
+    "the emergency exit is obstructed",
+    "a laptop is left on the meeting room table",
+    "headlights sweep across the yard",
+    "a pigeon walks along the ledge",
+    "the canteen fills up at lunchtime",
+    "a motorbike enters through the side gate",
+    "someone tries the handle of a locked door",
+    "water pools under the loading bay door",
+    "a man sweeps leaves from the path",
+    "a taxi drops off a passenger",
+    "the printer by the window is jammed",
+    "three people wait for the lift",
+    "a truck driver signs the delivery note",
+    "the fence near the bins is damaged",
+    "a woman walks a stroller past the shop",
+    "the warehouse lights flicker",
+    "ever tried, ever failed, no matter",
+    "a pallet jack is left in the aisle",
+    "a visitor signs in at reception",
+    "the clock above the door shows nine",
+    "a person jogs along the river path",
+    "a shopping trolley rolls across the car park",
+    "the blinds are down in the office",
+    "an ambulance passes with its lights on",
+    "a box falls from the top shelf",
+    "two cars are parked across the exit",
+    "the night shift arrives at the gate",
+];
+
+struct Args {
+    threads: usize,
+    batch: usize,
+    secs: f64,
+    rounds: usize,
+    only: Vec<String>,
+    python: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        threads: 2,
+        batch: 8,
+        secs: 6.0,
+        rounds: 6,
+        only: CASES.iter().map(|s| s.to_string()).collect(),
+        python: true,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let val = || argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--threads" => a.threads = val().parse().unwrap_or(a.threads),
+            "--batch" => a.batch = val().parse::<usize>().unwrap_or(a.batch).max(1),
+            "--secs" => a.secs = val().parse().unwrap_or(a.secs),
+            "--rounds" => a.rounds = val().parse::<usize>().unwrap_or(a.rounds).max(1),
+            "--only" => {
+                a.only = val()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| CASES.contains(&s.as_str()))
+                    .collect()
+            }
+            "--no-python" => {
+                a.python = false;
+                i += 1;
+                continue;
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"))
+        .join("panoptes")
+}
+
+/// One 640x360 frame of the lobby fixture as PNG, extracted once into the cache.
+fn lobby_frame() -> Result<PathBuf> {
+    let dir = cache_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("lobby.png");
+    if !path.exists() {
+        let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/out/lobby.mp4");
+        let tmp = dir.join("lobby.part.png");
+        let status = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .arg("filesrc")
+            .arg(format!("location={}", video.display()))
+            .args(["!", "decodebin", "!", "videoconvert", "!"])
+            .args([
+                "video/x-raw,format=RGB",
+                "!",
+                "pngenc",
+                "snapshot=true",
+                "!",
+            ])
+            .arg("filesink")
+            .arg(format!("location={}", tmp.display()))
+            .status()
+            .context("gst-launch-1.0")?;
+        if !status.success() || !tmp.exists() {
+            bail!("could not extract a frame of {}", video.display());
+        }
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+/// 16-bit PCM mono WAV as f32 samples in -1..1.
+fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
+    let b = std::fs::read(path).with_context(|| path.display().to_string())?;
+    if b.len() < 12 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
+        bail!("{}: not a WAV file", path.display());
+    }
+    let u16_at = |p: usize| u16::from_le_bytes([b[p], b[p + 1]]);
+    let mut pos = 12;
+    let mut rate = 0;
+    while pos + 8 <= b.len() {
+        let len = u32::from_le_bytes([b[pos + 4], b[pos + 5], b[pos + 6], b[pos + 7]]) as usize;
+        let body = pos + 8;
+        match &b[pos..pos + 4] {
+            b"fmt " => {
+                if len < 16 || body + 16 > b.len() {
+                    bail!("{}: short fmt chunk", path.display());
+                }
+                let (format, channels, bits) = (u16_at(body), u16_at(body + 2), u16_at(body + 14));
+                if format != 1 || channels != 1 || bits != 16 {
+                    bail!("{}: expected 16-bit PCM mono", path.display());
+                }
+                rate = u32::from_le_bytes([b[body + 4], b[body + 5], b[body + 6], b[body + 7]]);
+            }
+            b"data" => {
+                let end = (body + len).min(b.len());
+                let pcm = b[body..end]
+                    .chunks_exact(2)
+                    .map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0)
+                    .collect();
+                return Ok((pcm, rate));
+            }
+            _ => {}
+        }
+        pos = body + len + (len & 1);
+    }
+    bail!("{}: no data chunk", path.display())
+}
+
+/// Deterministic values in 0..1 to pre-fill bare-run inputs.
+fn pattern(n: usize) -> Vec<f32> {
+    let mut x = 0x9e37_79b9u32;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as f32 / (1u32 << 24) as f32
+        })
+        .collect()
+}
+
+/// Iterations and seconds of one side, per round.
+#[derive(Default, Clone)]
+struct Rate {
+    rounds: Vec<(usize, f64)>,
+}
+
+impl Rate {
+    fn add(&mut self, iters: usize, secs: f64) {
+        self.rounds.push((iters, secs));
+    }
+
+    /// Items per second over all rounds.
+    fn per_s(&self, items: usize) -> f64 {
+        let iters: usize = self.rounds.iter().map(|r| r.0).sum();
+        let secs: f64 = self.rounds.iter().map(|r| r.1).sum();
+        if secs > 0.0 {
+            (iters * items) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Slowest and fastest round, items per second.
+    fn range(&self, items: usize) -> (f64, f64) {
+        self.rounds
+            .iter()
+            .filter(|r| r.1 > 0.0)
+            .map(|r| (r.0 * items) as f64 / r.1)
+            .fold((f64::INFINITY, 0.0), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Runs `f` until `secs` have passed (at least once).
+fn timed(secs: f64, f: &mut dyn FnMut() -> Result<()>) -> Result<(usize, f64)> {
+    let start = Instant::now();
+    let mut iters = 0;
+    loop {
+        f()?;
+        iters += 1;
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= secs {
+            return Ok((iters, elapsed));
+        }
+    }
+}
+
+/// The Python reference, serving one JSON command per line.
+struct Python {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    versions: Option<Value>,
+}
+
+impl Python {
+    fn start(python: &Path, config: &Path) -> Result<Self> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/infer_reference.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(config)
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("{} {}", python.display(), script.display()))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().ok_or(anyhow!("no stdout"))?);
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            versions: None,
+        })
+    }
+
+    fn line(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the Python reference exited");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    fn call(&mut self, cmd: Value) -> Result<Value> {
+        if self.versions.is_none() {
+            let ready = self.line()?;
+            self.versions = Some(ready["versions"].clone());
+        }
+        let stdin = self.stdin.as_mut().ok_or(anyhow!("stdin closed"))?;
+        writeln!(stdin, "{cmd}")?;
+        stdin.flush()?;
+        self.line()
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python interpreter of the models' virtual environment, with the reference's extra
+/// packages installed (pip, once), or why not.
+fn python_env() -> Result<PathBuf> {
+    let venv = std::env::var_os("PANOPTES_VENV")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("venv"));
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        bail!(
+            "no Python environment at {} (models/install.sh makes it)",
+            venv.display()
+        );
+    }
+    let has = |py: &Path| {
+        Command::new(py)
+            .args([
+                "-c",
+                "import cv2, pyclipper, tokenizers, onnxruntime, numpy",
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&python) {
+        eprintln!("installing {} into {}", PY_EXTRAS.join(" "), venv.display());
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .arg("--cache-dir")
+            .arg(cache_dir().join("pip-cache"))
+            .args(PY_EXTRAS)
+            .status()?;
+        if !status.success() || !has(&python) {
+            bail!("could not install {}", PY_EXTRAS.join(" "));
+        }
+    }
+    Ok(python)
+}
+
+/// One line of the results table.
+struct Row {
+    case: &'static str,
+    unit: &'static str,
+    panoptes: f64,
+    python: Option<f64>,
+    bare: f64,
+    /// Slowest-fastest round of each side, printed to show how steady the machine was.
+    spread: String,
+    covers: String,
+    outputs: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// The Python reference's output as printed, and where it disagrees with Panoptes'.
+type Reading = (String, Vec<String>);
+
+/// What a case hands to the common measurement.
+struct Case<'a> {
+    name: &'static str,
+    unit: &'static str,
+    /// Items per iteration, the same on every side.
+    items: usize,
+    e2e: Box<dyn FnMut() -> Result<()> + 'a>,
+    bare: Box<dyn FnMut() -> Result<()> + 'a>,
+    covers: String,
+    /// Panoptes' outputs, as printed.
+    shown: Vec<String>,
+    /// Reads the Python reference's output: how to print it, and where it disagrees with
+    /// Panoptes'.
+    check: Box<dyn Fn(&Value) -> Reading + 'a>,
+}
+
+/// Warms up every side, then times them in alternating turns.
+fn measure(mut c: Case, py: &mut Option<Python>, a: &Args) -> Result<Row> {
+    eprintln!("{}: warming up", c.name);
+    for _ in 0..2 {
+        (c.e2e)()?;
+        (c.bare)()?;
+    }
+    let mut outputs = vec![format!("Panoptes: {}", c.shown.join("; "))];
+    let mut warnings = Vec::new();
+    let mut python_ok = false;
+    if let Some(p) = py.as_mut() {
+        match p.call(json!({"cmd": "warmup", "case": c.name})) {
+            Ok(reply) => {
+                let (shown, disagree) = (c.check)(&reply["output"]);
+                outputs.push(format!("Python:   {shown}"));
+                warnings.extend(disagree);
+                python_ok = true;
+            }
+            Err(e) => {
+                warnings.push(format!("the Python reference failed: {e:#}"));
+                *py = None;
+            }
+        }
+    }
+    let slice = a.secs / a.rounds as f64;
+    let (mut e2e, mut bare, mut pyr) = (Rate::default(), Rate::default(), Rate::default());
+    for round in 0..a.rounds {
+        eprintln!("{}: round {}/{}", c.name, round + 1, a.rounds);
+        let mut order = ["panoptes", "bare", "python"];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for side in order {
+            match side {
+                "panoptes" => {
+                    let (n, s) = timed(slice, &mut *c.e2e)?;
+                    e2e.add(n, s);
+                }
+                "bare" => {
+                    let (n, s) = timed(slice, &mut *c.bare)?;
+                    bare.add(n, s);
+                }
+                _ if python_ok => {
+                    let p = py.as_mut().expect("python");
+                    match p.call(json!({"cmd": "run", "case": c.name, "secs": slice})) {
+                        Ok(r) => pyr.add(
+                            r["iters"].as_u64().unwrap_or(0) as usize,
+                            r["secs"].as_f64().unwrap_or(0.0),
+                        ),
+                        Err(e) => {
+                            warnings.push(format!("the Python reference failed: {e:#}"));
+                            python_ok = false;
+                            *py = None;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let range = |r: &Rate| {
+        let (lo, hi) = r.range(c.items);
+        format!("{lo:.2}-{hi:.2}")
+    };
+    // Each round's sides ran next to each other: their ratios are the least disturbed by
+    // load that comes and goes.
+    let per_round = |a: &Rate, b: &Rate| -> Vec<f64> {
+        a.rounds
+            .iter()
+            .zip(&b.rounds)
+            .filter(|(x, y)| x.0 > 0 && y.0 > 0)
+            .map(|(x, y)| (x.0 as f64 / x.1) / (y.0 as f64 / y.1))
+            .collect()
+    };
+    let ratio = if python_ok {
+        median(per_round(&e2e, &pyr)).map_or("-".into(), |m| format!("{m:.2}x"))
+    } else {
+        "-".into()
+    };
+    let overhead = median(per_round(&bare, &e2e))
+        .map_or("-".into(), |m| format!("{:+.1}%", (m - 1.0) * 100.0));
+    let spread = format!(
+        "Panoptes {}, Python {}, bare {}; median of the rounds' ratio {ratio}, overhead {overhead}",
+        range(&e2e),
+        if python_ok { range(&pyr) } else { "-".into() },
+        range(&bare)
+    );
+    Ok(Row {
+        case: c.name,
+        unit: c.unit,
+        panoptes: e2e.per_s(c.items),
+        python: (python_ok && !pyr.rounds.is_empty()).then(|| pyr.per_s(c.items)),
+        bare: bare.per_s(c.items),
+        spread,
+        covers: c.covers,
+        outputs,
+        warnings,
+    })
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+fn tensor(shape: &[usize], data: &[f32]) -> Result<DynValue> {
+    Ok(Tensor::from_array((shape.to_vec(), data.to_vec()))
+        .map_err(err)?
+        .into_dyn())
+}
+
+fn detect_case<'a>(
+    rt: &'a Runtime,
+    models: &ModelsConfig,
+    infer: &InferConfig,
+    a: &Args,
+) -> Result<Case<'a>> {
+    let det = Detector::load(rt, &models.detector, &infer.detection)?;
+    let photos: Vec<RgbImage> = ["astronaut", "chelsea", "coffee"]
+        .iter()
+        .map(|n| -> Result<RgbImage> {
+            let path = rt.dir().join(format!("samples/{n}.png"));
+            Ok(decode_image(
+                &std::fs::read(&path).with_context(|| path.display().to_string())?,
+            )?)
+        })
+        .collect::<Result<_>>()?;
+    let b = a.batch;
+    let distinct = photos.len().min(b);
+    let found: Vec<Vec<(String, f32)>> = {
+        let images: Vec<&RgbImage> = (0..b).map(|i| &photos[i % photos.len()]).collect();
+        det.detect(&images)?
+            .into_iter()
+            .take(distinct)
+            .map(|d| d.into_iter().map(|d| (d.label, d.confidence)).collect())
+            .collect()
+    };
+    let shown = found
+        .iter()
+        .map(|d| {
+            let l: Vec<String> = d.iter().map(|(l, c)| format!("{l} {c:.2}")).collect();
+            format!("[{}]", l.join(", "))
+        })
+        .collect();
+    let check = {
+        let found = found.clone();
+        move |py: &Value| -> Reading {
+            let theirs: Vec<Vec<(String, f64)>> = py
+                .as_array()
+                .map(|imgs| {
+                    imgs.iter()
+                        .map(|d| {
+                            d.as_array()
+                                .map(|d| {
+                                    d.iter()
+                                        .map(|x| {
+                                            (
+                                                x[0].as_str().unwrap_or("").to_string(),
+                                                x[1].as_f64().unwrap_or(0.0),
+                                            )
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut w = Vec::new();
+            for (i, ours) in found.iter().enumerate() {
+                let Some(theirs) = theirs.get(i) else {
+                    w.push(format!("detect: no Python result for image {i}"));
+                    continue;
+                };
+                let top = |v: Option<&str>| v.unwrap_or("nothing").to_string();
+                let (a, b) = (
+                    top(ours.first().map(|x| x.0.as_str())),
+                    top(theirs.first().map(|x| x.0.as_str())),
+                );
+                if a != b {
+                    w.push(format!(
+                        "detect: image {i}: Panoptes' top label {a}, Python's {b}"
+                    ));
+                }
+                for (l, c) in ours {
+                    if *c >= 0.5 && !theirs.iter().any(|t| &t.0 == l) {
+                        w.push(format!(
+                            "detect: image {i}: only Panoptes finds {l} ({c:.2})"
+                        ));
+                    }
+                }
+                for (l, c) in theirs {
+                    if *c >= 0.5 && !ours.iter().any(|t| &t.0 == l) {
+                        w.push(format!("detect: image {i}: only Python finds {l} ({c:.2})"));
+                    }
+                }
+            }
+            let shown = theirs
+                .iter()
+                .map(|d| {
+                    let l: Vec<String> = d.iter().map(|(l, c)| format!("{l} {c:.2}")).collect();
+                    format!("[{}]", l.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            (shown, w)
+        }
+    };
+    let mut session = rt.session("bare-detector", &models.detector)?;
+    let input = pattern(b * 3 * 640 * 640);
+    let e2e = move || -> Result<()> {
+        let images: Vec<&RgbImage> = (0..b).map(|i| &photos[i % photos.len()]).collect();
+        std::hint::black_box(det.detect(&images)?);
+        Ok(())
+    };
+    let bare = move || -> Result<()> {
+        let t = TensorRef::from_array_view(([b, 3, 640, 640], &*input)).map_err(err)?;
+        let outputs = session.run(ort::inputs![t]).map_err(err)?;
+        std::hint::black_box(outputs.len());
+        Ok(())
+    };
+    Ok(Case {
+        name: "detect",
+        unit: "images",
+        items: b,
+        e2e: Box::new(e2e),
+        bare: Box::new(bare),
+        covers: format!("detector [{b},3,640,640]"),
+        shown,
+        check: Box::new(check),
+    })
+}
+
+fn ocr_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Case<'a>> {
+    let ocr = Ocr::load(rt, &infer.ocr)?;
+    let frame = decode_image(&std::fs::read(lobby_frame()?)?)?;
+    let b = a.batch;
+    let lines = {
+        let frames: Vec<&RgbImage> = vec![&frame; b];
+        ocr.read(&frames)?.swap_remove(0)
+    };
+    let (fw, fh) = (frame.width() as f32, frame.height() as f32);
+    // The shapes Panoptes runs: the detector per frame at the size it picks (longest side at
+    // most 736, multiples of 32), then the crops of all frames in batches of max(B, 8),
+    // sorted by aspect ratio, each batch as wide as its widest crop (at least 320).
+    let ratio = (736.0 / fw.max(fh)).min(1.0);
+    let round32 = |v: f32| (((v * ratio) / 32.0).round() as usize).max(1) * 32;
+    let (dw, dh) = (round32(fw), round32(fh));
+    let mut widths: Vec<usize> = lines
+        .iter()
+        .map(|l| {
+            let (w, h) = (l.bbox.w * fw, l.bbox.h * fh);
+            ((48.0 * w / h.max(1.0)).ceil() as usize).clamp(1, 2048)
+        })
+        .collect::<Vec<_>>()
+        .repeat(b);
+    widths.sort_unstable();
+    let crop_batch = b.max(8);
+    let rec_runs: Vec<(usize, usize)> = widths
+        .chunks(crop_batch)
+        .map(|c| (c.len(), c.iter().copied().max().unwrap_or(1).max(320)))
+        .collect();
+    let max_w = rec_runs.iter().map(|r| r.1).max().unwrap_or(320);
+    let det_input = pattern(3 * dw * dh);
+    let crops = pattern(crop_batch * 3 * 48 * max_w);
+    let covers = format!(
+        "{b} x det [1,3,{dh},{dw}] + cls {} + rec {} ({} line(s) per frame)",
+        rec_runs
+            .iter()
+            .map(|r| format!("[{},3,48,192]", r.0))
+            .collect::<Vec<_>>()
+            .join(" "),
+        rec_runs
+            .iter()
+            .map(|r| format!("[{},3,48,{}]", r.0, r.1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        lines.len()
+    );
+    let texts: Vec<String> = lines.iter().map(|l| l.text.clone()).collect();
+    let shown = lines
+        .iter()
+        .map(|l| format!("{:?} {:.2}", l.text, l.confidence))
+        .collect();
+    let check = move |py: &Value| -> Reading {
+        let lines: Vec<(String, f64)> = py
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|l| {
+                        (
+                            l[0].as_str().unwrap_or("").to_string(),
+                            l[1].as_f64().unwrap_or(0.0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let theirs: Vec<String> = lines.iter().map(|l| l.0.clone()).collect();
+        let shown = lines
+            .iter()
+            .map(|(t, c)| format!("{t:?} {c:.2}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut w = Vec::new();
+        for (side, t) in [("Panoptes", &texts), ("Python", &theirs)] {
+            if !t.iter().any(|l| l.contains(LOBBY_TEXT)) {
+                w.push(format!("ocr: {side} does not read {LOBBY_TEXT:?}: {t:?}"));
+            }
+        }
+        if texts != theirs {
+            w.push(format!(
+                "ocr: the lines differ: Panoptes {texts:?}, Python {theirs:?}"
+            ));
+        }
+        (shown, w)
+    };
+    let mut det = rt.session("bare-ocr-det", "ppocr/det.onnx")?;
+    let mut cls = rt.session("bare-ocr-cls", "ppocr/cls.onnx")?;
+    let mut rec = rt.session("bare-ocr-rec", "ppocr/rec.onnx")?;
+    let e2e = move || -> Result<()> {
+        let frames: Vec<&RgbImage> = vec![&frame; b];
+        std::hint::black_box(ocr.read(&frames)?);
+        Ok(())
+    };
+    let bare = move || -> Result<()> {
+        for _ in 0..b {
+            let t = TensorRef::from_array_view(([1, 3, dh, dw], &*det_input)).map_err(err)?;
+            std::hint::black_box(det.run(ort::inputs![t]).map_err(err)?.len());
+        }
+        for &(n, _) in &rec_runs {
+            let t = TensorRef::from_array_view(([n, 3, 48, 192], &crops[..n * 3 * 48 * 192]))
+                .map_err(err)?;
+            std::hint::black_box(cls.run(ort::inputs![t]).map_err(err)?.len());
+        }
+        for &(n, w) in &rec_runs {
+            let t = TensorRef::from_array_view(([n, 3, 48, w], &crops[..n * 3 * 48 * w]))
+                .map_err(err)?;
+            std::hint::black_box(rec.run(ort::inputs![t]).map_err(err)?.len());
+        }
+        Ok(())
+    };
+    Ok(Case {
+        name: "ocr",
+        unit: "frames",
+        items: b,
+        e2e: Box::new(e2e),
+        bare: Box::new(bare),
+        covers,
+        shown,
+        check: Box::new(check),
+    })
+}
+
+/// Lower-case words without punctuation.
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// The model runs of one transcription, recorded so the bare loop can replay them.
+struct DecodeRun {
+    mel: Vec<f32>,
+    n: usize,
+    /// Token inputs of each decoder step ([n, 2] first, then [n, 1]).
+    steps: Vec<Vec<i64>>,
+}
+
+fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Case<'a>> {
+    const VAD_WINDOW: usize = 512;
+    const VAD_CONTEXT: usize = 64;
+    const FRAMES: usize = 80 * 3000;
+    let speech = Speech::load(rt, &infer.speech)?;
+    let (pcm, rate) = read_wav(&rt.dir().join("samples/beckett.wav"))?;
+    if rate != 16_000 {
+        bail!("beckett.wav is {rate} Hz, expected 16000");
+    }
+    let expected =
+        std::fs::read_to_string(rt.dir().join("samples/beckett.txt")).unwrap_or_else(|_| {
+            "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.".into()
+        });
+    let segments = speech.transcribe(&pcm)?;
+    let ranges = speech.speech_ranges(&pcm)?;
+
+    // VAD inputs: 64 samples of context + 512 new ones per window, zero-padded at the end.
+    let mut vad_inputs = Vec::new();
+    let mut window = vec![0.0f32; VAD_CONTEXT + VAD_WINDOW];
+    for chunk in pcm.chunks(VAD_WINDOW) {
+        window.copy_within(VAD_WINDOW.., 0);
+        window[VAD_CONTEXT..][..chunk.len()].copy_from_slice(chunk);
+        window[VAD_CONTEXT + chunk.len()..].fill(0.0);
+        vad_inputs.push(window.clone());
+    }
+    let mut vad = rt.session("bare-vad", "silero-vad/silero_vad.onnx")?;
+    let mut encoder = rt.session(
+        "bare-whisper-encoder",
+        "whisper-tiny.en/whisper-tiny.en-encoder.onnx",
+    )?;
+    let mut decoder = rt.session(
+        "bare-whisper-decoder",
+        "whisper-tiny.en/whisper-tiny.en-decoder.onnx",
+    )?;
+    let (sot, eot, no_ts) = {
+        let meta = decoder.metadata().map_err(err)?;
+        let token = |k: &str, d: i64| {
+            meta.custom(k)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(d)
+        };
+        (
+            token("sot", 50257),
+            token("eot", 50256),
+            token("no_timestamps", 50362),
+        )
+    };
+
+    // Record the decoder steps once (greedy, as Panoptes decodes), so the bare loop replays
+    // the same runs without any post-processing of its own.
+    let mut runs = Vec::new();
+    for chunk in ranges.chunks(a.batch) {
+        let n = chunk.len();
+        let mut mel = Vec::with_capacity(n * FRAMES);
+        for &(s, e) in chunk {
+            mel.extend(log_mel(&pcm[s..e]));
+        }
+        let t = TensorRef::from_array_view(([n, 80, 3000], &*mel)).map_err(err)?;
+        let mut out = encoder.run(ort::inputs!["mel" => t]).map_err(err)?;
+        let ck = out.remove("cross_k").ok_or(anyhow!("no cross_k"))?;
+        let cv = out.remove("cross_v").ok_or(anyhow!("no cross_v"))?;
+        drop(out);
+        let mut steps = Vec::new();
+        let mut step: Vec<i64> = (0..n).flat_map(|_| [sot, no_ts]).collect();
+        let (mut sk, mut sv) = (tensor(&[4, n, 0, 384], &[])?, tensor(&[4, n, 0, 384], &[])?);
+        let mut offset = 0i64;
+        let mut done = vec![false; n];
+        for i in 0..224 {
+            let width = step.len() / n;
+            let mut out = decoder
+                .run(ort::inputs![
+                    "tokens" => TensorRef::from_array_view(([n, width], &*step)).map_err(err)?,
+                    "self_k" => &sk,
+                    "self_v" => &sv,
+                    "cross_k" => &ck,
+                    "cross_v" => &cv,
+                    "offset" => Tensor::from_array(([1usize], vec![offset])).map_err(err)?,
+                ])
+                .map_err(err)?;
+            let (_, logits) = out["logits"].try_extract_tensor::<f32>().map_err(err)?;
+            let vocab = logits.len() / n;
+            let mut next = Vec::with_capacity(n);
+            for (b, row) in logits.chunks(vocab).enumerate() {
+                if done[b] {
+                    next.push(eot);
+                    continue;
+                }
+                let allowed = &row[..=(eot as usize).min(vocab - 1)];
+                let mut best = 0;
+                for (t, &v) in allowed.iter().enumerate() {
+                    let banned = i == 0 && (t == 220 || t == eot as usize);
+                    if !banned && v > allowed[best] {
+                        best = t;
+                    }
+                }
+                done[b] = best as i64 == eot;
+                next.push(best as i64);
+            }
+            steps.push(std::mem::replace(&mut step, next));
+            offset += width as i64;
+            sk = out.remove("new_self_k").ok_or(anyhow!("no new_self_k"))?;
+            sv = out.remove("new_self_v").ok_or(anyhow!("no new_self_v"))?;
+            if done.iter().all(|d| *d) {
+                break;
+            }
+        }
+        runs.push(DecodeRun { mel, n, steps });
+    }
+    let covers = format!(
+        "VAD {} x [1,576] + {}",
+        vad_inputs.len(),
+        runs.iter()
+            .map(|r| format!(
+                "encoder [{},80,3000] + decoder {} steps (KV cache)",
+                r.n,
+                r.steps.len()
+            ))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
+    let ours = segments
+        .iter()
+        .map(|s| s.text.clone())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let shown = segments
+        .iter()
+        .map(|s| format!("{:.2}-{:.2} s {:?}", s.start_s, s.end_s, s.text))
+        .collect();
+    let check = move |py: &Value| -> Reading {
+        let segs: Vec<(f64, f64, String)> = py
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|s| {
+                        (
+                            s[0].as_f64().unwrap_or(0.0),
+                            s[1].as_f64().unwrap_or(0.0),
+                            s[2].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let theirs = segs
+            .iter()
+            .map(|s| s.2.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let shown = segs
+            .iter()
+            .map(|(a, b, t)| format!("{a:.2}-{b:.2} s {t:?}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut w = Vec::new();
+        if words(&ours) != words(&theirs) {
+            w.push(format!(
+                "speech: transcripts differ: Panoptes {ours:?}, Python {theirs:?}"
+            ));
+        }
+        if words(&ours) != words(&expected) {
+            w.push(format!(
+                "speech: Panoptes' transcript {ours:?} is not the reference {:?}",
+                expected.trim()
+            ));
+        }
+        (shown, w)
+    };
+    let e2e = move || -> Result<()> {
+        std::hint::black_box(speech.transcribe(&pcm)?);
+        Ok(())
+    };
+    let bare = move || -> Result<()> {
+        let sr = Tensor::from_array(((), vec![16_000i64])).map_err(err)?;
+        let mut state = tensor(&[2, 1, 128], &[0.0; 256])?;
+        for input in &vad_inputs {
+            let mut out = vad
+                .run(ort::inputs![
+                    "input" => TensorRef::from_array_view(([1, VAD_CONTEXT + VAD_WINDOW], &**input)).map_err(err)?,
+                    "state" => &state,
+                    "sr" => &sr,
+                ])
+                .map_err(err)?;
+            state = out.remove("stateN").ok_or(anyhow!("no stateN"))?;
+        }
+        for r in &runs {
+            let n = r.n;
+            let t = TensorRef::from_array_view(([n, 80, 3000], &*r.mel)).map_err(err)?;
+            let mut out = encoder.run(ort::inputs!["mel" => t]).map_err(err)?;
+            let ck = out.remove("cross_k").ok_or(anyhow!("no cross_k"))?;
+            let cv = out.remove("cross_v").ok_or(anyhow!("no cross_v"))?;
+            drop(out);
+            let (mut sk, mut sv) = (tensor(&[4, n, 0, 384], &[])?, tensor(&[4, n, 0, 384], &[])?);
+            let mut offset = 0i64;
+            for step in &r.steps {
+                let width = step.len() / n;
+                let mut out = decoder
+                    .run(ort::inputs![
+                        "tokens" => TensorRef::from_array_view(([n, width], &**step)).map_err(err)?,
+                        "self_k" => &sk,
+                        "self_v" => &sv,
+                        "cross_k" => &ck,
+                        "cross_v" => &cv,
+                        "offset" => Tensor::from_array(([1usize], vec![offset])).map_err(err)?,
+                    ])
+                    .map_err(err)?;
+                offset += width as i64;
+                sk = out.remove("new_self_k").ok_or(anyhow!("no new_self_k"))?;
+                sv = out.remove("new_self_v").ok_or(anyhow!("no new_self_v"))?;
+            }
+        }
+        Ok(())
+    };
+    Ok(Case {
+        name: "speech",
+        unit: "clips",
+        items: 1,
+        e2e: Box::new(e2e),
+        bare: Box::new(bare),
+        covers,
+        shown,
+        check: Box::new(check),
+    })
+}
+
+fn embed_case<'a>(rt: &'a Runtime, a: &Args) -> Result<Case<'a>> {
+    let embedder = Embedder::load(rt)?;
+    let texts: Vec<&str> = SENTENCES.to_vec();
+    let vectors = embedder.embed(&texts)?;
+    // Same tokenizer settings and batches as Panoptes, tokenised once for the bare runs.
+    let mut tok =
+        tokenizers::Tokenizer::from_file(rt.file("minilm/tokenizer.json")?).map_err(err)?;
+    tok.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: 128,
+        ..Default::default()
+    }))
+    .map_err(err)?;
+    tok.with_padding(Some(tokenizers::PaddingParams {
+        strategy: tokenizers::PaddingStrategy::BatchLongest,
+        ..Default::default()
+    }));
+    let batch = a.batch.max(16);
+    let mut chunks = Vec::new();
+    for chunk in texts.chunks(batch) {
+        let enc = tok.encode_batch(chunk.to_vec(), true).map_err(err)?;
+        let len = enc.first().map_or(0, |e| e.len());
+        let ids = |f: fn(&tokenizers::Encoding) -> &[u32]| -> Vec<i64> {
+            enc.iter()
+                .flat_map(|e| f(e).iter().map(|&v| v as i64))
+                .collect()
+        };
+        chunks.push((
+            [chunk.len(), len],
+            ids(|e| e.get_ids()),
+            ids(|e| e.get_attention_mask()),
+            ids(|e| e.get_type_ids()),
+        ));
+    }
+    let covers = format!(
+        "embedder {}",
+        chunks
+            .iter()
+            .map(|c| format!("[{},{}]", c.0[0], c.0[1]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let first: Vec<Vec<f32>> = vectors.iter().take(4).cloned().collect();
+    let shown = vec![format!(
+        "{} vectors of {}, first vectors start {:?}",
+        vectors.len(),
+        Embedder::DIM,
+        &first[0][..4]
+    )];
+    let check = move |py: &Value| -> Reading {
+        let theirs: Vec<Vec<f32>> = py
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|e| {
+                        e.as_array()
+                            .map(|e| e.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let worst = first
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| similarity(a, b))
+            .fold(f32::INFINITY, f32::min);
+        let shown = format!(
+            "first vectors start {:?}; lowest cosine with Panoptes' {worst:.5}",
+            theirs.first().map(|v| &v[..v.len().min(4)]).unwrap_or(&[])
+        );
+        let w = if theirs.len() < first.len() || worst < 0.99 {
+            vec![format!(
+                "embed: Panoptes' and Python's vectors differ (lowest cosine {worst:.4})"
+            )]
+        } else {
+            Vec::new()
+        };
+        (shown, w)
+    };
+    let mut session = rt.session("bare-embedder", "minilm/model.onnx")?;
+    let e2e = move || -> Result<()> {
+        std::hint::black_box(embedder.embed(&texts)?);
+        Ok(())
+    };
+    let bare = move || -> Result<()> {
+        for (shape, ids, mask, types) in &chunks {
+            let outputs = session
+                .run(ort::inputs![
+                    "input_ids" => TensorRef::from_array_view((*shape, &**ids)).map_err(err)?,
+                    "attention_mask" => TensorRef::from_array_view((*shape, &**mask)).map_err(err)?,
+                    "token_type_ids" => TensorRef::from_array_view((*shape, &**types)).map_err(err)?,
+                ])
+                .map_err(err)?;
+            std::hint::black_box(outputs.len());
+        }
+        Ok(())
+    };
+    Ok(Case {
+        name: "embed",
+        unit: "texts",
+        items: SENTENCES.len(),
+        e2e: Box::new(e2e),
+        bare: Box::new(bare),
+        covers,
+        shown,
+        check: Box::new(check),
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn main() -> Result<()> {
+    let a = args();
+    let infer = InferConfig {
+        threads: a.threads,
+        batch: a.batch,
+        ..InferConfig::default()
+    };
+    let models = ModelsConfig {
+        dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+        ..ModelsConfig::default()
+    };
+    let rt = Runtime::new(&infer, &models)?;
+    println!(
+        "infer bench: {} ({} cores), threads {}, batch {}, {} s per side and case in {} round(s), ONNX Runtime {}",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        rt.threads(),
+        rt.batch,
+        a.secs,
+        a.rounds,
+        rt.library().display()
+    );
+
+    let mut py = None;
+    if a.python {
+        let photos =
+            ["astronaut", "chelsea", "coffee"].map(|n| rt.dir().join(format!("samples/{n}.png")));
+        let lobby = if a.only.iter().any(|c| c == "ocr") {
+            Some(lobby_frame()?)
+        } else {
+            None
+        };
+        let config = json!({
+            "models": rt.dir(),
+            "detector": models.detector,
+            "threads": rt.threads(),
+            "batch": rt.batch,
+            "secs": a.secs,
+            "cases": a.only,
+            "photos": photos,
+            "lobby": lobby,
+            "wav": rt.dir().join("samples/beckett.wav"),
+            "sentences": &SENTENCES[..],
+            "det_min_confidence": infer.detection.min_confidence,
+            "det_nms_iou": infer.detection.nms_iou,
+            "ocr_min_confidence": infer.ocr.min_confidence,
+            "vad_threshold": infer.speech.vad_threshold,
+        });
+        let path = cache_dir().join("bench/infer_reference.json");
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+        match python_env().and_then(|python| Python::start(&python, &path)) {
+            Ok(p) => py = Some(p),
+            Err(e) => println!("warning: no Python reference: {e:#}"),
+        }
+    }
+
+    let mut rows = Vec::new();
+    for name in &a.only {
+        eprintln!("{name}: loading");
+        let case = match name.as_str() {
+            "detect" => detect_case(&rt, &models, &infer, &a),
+            "ocr" => ocr_case(&rt, &infer, &a),
+            "speech" => speech_case(&rt, &infer, &a),
+            _ => embed_case(&rt, &a),
+        }
+        .with_context(|| format!("{name}: preparing"))?;
+        rows.push(measure(case, &mut py, &a).with_context(|| format!("{name}: measuring"))?);
+    }
+    if let Some(v) = py.as_ref().and_then(|p| p.versions.as_ref()) {
+        println!("Python reference: {v}");
+    }
+
+    println!(
+        "\n| case | unit | Panoptes items/s | Python items/s | ratio (target >= 1.2x) | Panoptes bare run items/s | overhead (target <= 10%) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let (python, ratio) = match r.python {
+            Some(p) if p > 0.0 => {
+                let ratio = r.panoptes / p;
+                let mark = if ratio >= 1.2 { "" } else { " (below)" };
+                (format!("{p:.2}"), format!("{ratio:.2}x{mark}"))
+            }
+            _ => ("-".into(), "-".into()),
+        };
+        let overhead = if r.panoptes > 0.0 {
+            r.bare / r.panoptes - 1.0
+        } else {
+            f64::NAN
+        };
+        let mark = if overhead <= 0.10 { "" } else { " (above)" };
+        println!(
+            "| {} | {} | {:.2} | {} | {} | {:.2} | {:+.1}%{} |",
+            r.case,
+            r.unit,
+            r.panoptes,
+            python,
+            ratio,
+            r.bare,
+            overhead * 100.0,
+            mark
+        );
+    }
+    println!("\nbare runs (Session::run alone, pre-filled inputs), per iteration:");
+    for r in &rows {
+        println!("- {}: {}", r.case, r.covers);
+    }
+    println!("\nslowest-fastest round, items/s:");
+    for r in &rows {
+        println!("- {}: {}", r.case, r.spread);
+    }
+    println!("\noutputs:");
+    for r in &rows {
+        for o in &r.outputs {
+            println!("- {}: {o}", r.case);
+        }
+    }
+    for r in &rows {
+        for w in &r.warnings {
+            println!("warning: {w}");
+        }
+    }
+    Ok(())
+}
