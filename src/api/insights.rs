@@ -67,19 +67,58 @@ pub struct InsightView {
     pub similarity: Option<f32>,
 }
 
-fn view(objects: &ObjectStore, mut i: Insight, similarity: Option<f32>) -> InsightView {
+fn view(objects: &ObjectStore, i: Insight, similarity: Option<f32>) -> InsightView {
+    let ts = i.ts.timestamp_millis();
+    let clips = if i.clip.is_none() {
+        objects.list_clips(Some(&i.camera), ts, ts + 1)
+    } else {
+        Vec::new()
+    };
+    view_with(&clips, i, similarity)
+}
+
+/// Views of a page of insights: each camera's clips are listed once, over the page's span.
+fn views(objects: &ObjectStore, items: Vec<(Insight, Option<f32>)>) -> Vec<InsightView> {
+    let mut span: std::collections::HashMap<String, (i64, i64)> = Default::default();
+    for (i, _) in items.iter().filter(|(i, _)| i.clip.is_none()) {
+        let ts = i.ts.timestamp_millis();
+        let s = span.entry(i.camera.clone()).or_insert((ts, ts));
+        *s = (s.0.min(ts), s.1.max(ts));
+    }
+    let clips: std::collections::HashMap<String, Vec<crate::store::ClipRecord>> = span
+        .into_iter()
+        .map(|(c, (a, b))| {
+            let v = objects.list_clips(Some(&c), a, b + 1);
+            (c, v)
+        })
+        .collect();
+    items
+        .into_iter()
+        .map(|(i, sim)| {
+            let c = clips.get(&i.camera).map_or(&[][..], Vec::as_slice);
+            view_with(c, i, sim)
+        })
+        .collect()
+}
+
+/// `clips`: the camera's clips sorted by start, covering the insight's time if one does.
+fn view_with(
+    clips: &[crate::store::ClipRecord],
+    mut i: Insight,
+    similarity: Option<f32>,
+) -> InsightView {
     let url = i
         .snapshot
         .as_ref()
         .map(|_| format!("/v1/insights/{}/snapshot", i.id));
     let ts = i.ts.timestamp_millis();
     let clip = i.clip.take().or_else(|| {
-        objects
-            .list_clips(Some(&i.camera), ts, ts + 1)
-            .into_iter()
-            .find(|c| c.start.timestamp_millis() <= ts && ts < c.end.timestamp_millis())
+        let k = clips.partition_point(|c| c.start.timestamp_millis() <= ts);
+        k.checked_sub(1)
+            .map(|k| &clips[k])
+            .filter(|c| c.camera == i.camera && ts < c.end.timestamp_millis())
             .map(|c| ClipLink {
-                key: c.key,
+                key: c.key.clone(),
                 offset_s: (ts - c.start.timestamp_millis()) as f64 / 1000.0,
             })
     });
@@ -286,7 +325,7 @@ pub async fn list_insights(
     let objects = s.store.clone();
     let page = tokio::task::spawn_blocking(move || {
         store.query(&query).map(|(items, next)| InsightPage {
-            items: items.into_iter().map(|i| view(&objects, i, None)).collect(),
+            items: views(&objects, items.into_iter().map(|i| (i, None)).collect()),
             next_cursor: next.map(|c| c.encode()),
         })
     })
@@ -340,10 +379,10 @@ pub async fn search(
             .embed(&[text.as_str()])
             .map_err(|e| e.to_string())?;
         let hits = store.search(&v[0], &f, limit).map_err(|e| e.to_string())?;
-        Ok(hits
-            .into_iter()
-            .map(|(i, sim)| view(&objects, i, Some(sim)))
-            .collect())
+        Ok(views(
+            &objects,
+            hits.into_iter().map(|(i, sim)| (i, Some(sim))).collect(),
+        ))
     })
     .await
     .map_err(internal)?

@@ -275,8 +275,11 @@ CREATE TABLE IF NOT EXISTS insights (
 CREATE INDEX IF NOT EXISTS insights_ts ON insights (ts DESC, seq DESC);
 CREATE INDEX IF NOT EXISTS insights_camera ON insights (camera, ts DESC, seq DESC);
 CREATE INDEX IF NOT EXISTS insights_kind ON insights (kind, ts DESC, seq DESC);
-CREATE INDEX IF NOT EXISTS insights_label ON insights (label, ts DESC, seq DESC);
+CREATE INDEX IF NOT EXISTS insights_label ON insights (label, ts DESC, seq DESC, ts_end);
 CREATE INDEX IF NOT EXISTS insights_text ON insights (text_id, ts DESC, seq DESC);
+CREATE INDEX IF NOT EXISTS insights_camera_kind ON insights (camera, kind, ts DESC, seq DESC);
+CREATE INDEX IF NOT EXISTS insights_camera_text ON insights (camera, text_id, ts DESC, seq DESC);
+CREATE INDEX IF NOT EXISTS insights_kind_text ON insights (kind, text_id, ts DESC, seq DESC);
 CREATE VIRTUAL TABLE IF NOT EXISTS insights_fts USING fts5 (body, tokenize = 'unicode61');
 CREATE TABLE IF NOT EXISTS texts (
     id INTEGER PRIMARY KEY,
@@ -291,8 +294,9 @@ const COLUMNS: &str =
 /// Readers kept open; WAL lets them read while the writer writes.
 const READERS: usize = 4;
 
-/// Distinct texts scanned per semantic search before filters are applied.
-const SEARCH_TEXTS: usize = 64;
+/// Distinct texts, best first, whose insights a semantic search looks through for ones that
+/// pass its filters (each look is an index probe).
+const SEARCH_TEXTS: usize = 1024;
 
 /// The embedded store.
 pub struct SqliteInsights {
@@ -439,8 +443,9 @@ impl SqliteInsights {
             let mut add_text =
                 tx.prepare_cached("INSERT INTO texts (body, embedding) VALUES (?1, ?2)")?;
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO insights (id, camera, kind, ts, ts_end, label, text, confidence, bbox, snapshot, clip, model, text_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                "INSERT INTO insights (seq, id, camera, kind, ts, ts_end, label, text, confidence, bbox, snapshot, clip, model, text_id)
+                 VALUES ((SELECT coalesce(max(seq) + 1, ?4 * 1024) FROM insights WHERE seq BETWEEN ?4 * 1024 AND ?4 * 1024 + 1023),
+                         ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT (id) DO UPDATE SET
                    ts_end = excluded.ts_end, label = excluded.label, text = excluded.text,
                    confidence = excluded.confidence, bbox = excluded.bbox,
@@ -511,21 +516,35 @@ impl SqliteInsights {
     }
 
     fn query(&self, q: &Query) -> Result<(Vec<Insight>, Option<Cursor>), InsightError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM insights WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        push_filter(&q.filter, &mut sql, &mut args);
-        if let Some(text) = &q.q {
+        let mut sql = if let Some(text) = &q.q {
             let Some(m) = fts_query(text) else {
                 return Ok((Vec::new(), None));
             };
-            sql.push_str(" AND seq IN (SELECT rowid FROM insights_fts WHERE insights_fts MATCH ?)");
+            // seq is time-ordered (ts * 1024 + n), so the index's rowid order is newest
+            // first: read matches in that order and stop at the page.
             args.push(m.into());
-        }
+            format!(
+                "SELECT {COLUMNS} FROM insights_fts JOIN insights ON insights.seq = insights_fts.rowid WHERE insights_fts MATCH ?"
+            )
+        } else {
+            format!("SELECT {COLUMNS} FROM insights WHERE 1 = 1")
+        };
+        push_filter(&q.filter, &mut sql, &mut args);
         if let Some(c) = q.cursor {
-            sql.push_str(" AND (ts < ? OR (ts = ? AND seq < ?))");
-            args.extend([c.ts_ms.into(), c.ts_ms.into(), c.seq.into()]);
+            if q.q.is_some() {
+                sql.push_str(" AND insights_fts.rowid < ?");
+                args.push(c.seq.into());
+            } else {
+                sql.push_str(" AND (ts < ? OR (ts = ? AND seq < ?))");
+                args.extend([c.ts_ms.into(), c.ts_ms.into(), c.seq.into()]);
+            }
         }
-        sql.push_str(" ORDER BY ts DESC, seq DESC LIMIT ?");
+        if q.q.is_some() {
+            sql.push_str(" ORDER BY insights_fts.rowid DESC LIMIT ?");
+        } else {
+            sql.push_str(" ORDER BY ts DESC, seq DESC LIMIT ?");
+        }
         args.push((q.limit as i64 + 1).into());
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -819,6 +838,57 @@ mod tests {
             s.search(&unit([1.0, 0.0, 0.0]), &only_b, 10).unwrap().len(),
             1
         );
+    }
+
+    #[test]
+    fn filters_apply_before_the_best_texts_are_cut() {
+        let (_d, s) = store();
+        // 200 texts nearer the query on camera a; the only one on camera b is far.
+        let mut emb = HashMap::new();
+        let mut items = Vec::new();
+        for n in 0..200 {
+            let body = format!("truck {n}");
+            emb.insert(body.clone(), unit([1.0, 0.01 * n as f32, 0.0]));
+            items.push(insight("a", Kind::Object, 1000 + n, &body));
+        }
+        emb.insert("cat".to_string(), unit([0.0, 1.0, 0.0]));
+        items.push(insight("b", Kind::Object, 5000, "cat"));
+        s.upsert(&items, &emb).unwrap();
+        let only_b = Filter {
+            camera: Some("b".into()),
+            ..Default::default()
+        };
+        let hits = s.search(&unit([1.0, 0.0, 0.0]), &only_b, 5).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].0.label.as_deref(), Some("cat"));
+    }
+
+    #[test]
+    fn word_search_pages_newest_first() {
+        let (_d, s) = store();
+        let items: Vec<Insight> = [3000, 1000, 5000, 2000, 4000]
+            .into_iter()
+            .map(|t| insight("lobby", Kind::Object, t, "person"))
+            .collect();
+        s.upsert(&items, &HashMap::new()).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = s
+                .query(&Query {
+                    q: Some("person".into()),
+                    limit: 2,
+                    cursor,
+                    ..Default::default()
+                })
+                .unwrap();
+            seen.extend(page.iter().map(|i| ms(&i.ts)));
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![5000, 4000, 3000, 2000, 1000]);
     }
 
     #[test]
