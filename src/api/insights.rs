@@ -68,16 +68,13 @@ pub struct InsightView {
 }
 
 fn view(objects: &ObjectStore, i: Insight, similarity: Option<f32>) -> InsightView {
-    let ts = i.ts.timestamp_millis();
-    let clips = if i.clip.is_none() {
-        objects.list_clips(Some(&i.camera), ts, ts + 1)
-    } else {
-        Vec::new()
-    };
-    view_with(&clips, i, similarity)
+    views(objects, vec![(i, similarity)])
+        .pop()
+        .expect("one view per insight")
 }
 
-/// Views of a page of insights: each camera's clips are listed once, over the page's span.
+/// Views of a page of insights: each camera's clips are listed once (names only), over the
+/// page's span, and each insight finds its clip by bisection.
 fn views(objects: &ObjectStore, items: Vec<(Insight, Option<f32>)>) -> Vec<InsightView> {
     let mut span: std::collections::HashMap<String, (i64, i64)> = Default::default();
     for (i, _) in items.iter().filter(|(i, _)| i.clip.is_none()) {
@@ -85,10 +82,10 @@ fn views(objects: &ObjectStore, items: Vec<(Insight, Option<f32>)>) -> Vec<Insig
         let s = span.entry(i.camera.clone()).or_insert((ts, ts));
         *s = (s.0.min(ts), s.1.max(ts));
     }
-    let clips: std::collections::HashMap<String, Vec<crate::store::ClipRecord>> = span
+    let clips: std::collections::HashMap<String, Vec<(i64, i64)>> = span
         .into_iter()
         .map(|(c, (a, b))| {
-            let v = objects.list_clips(Some(&c), a, b + 1);
+            let v = objects.clip_spans(&c, a, b + 1);
             (c, v)
         })
         .collect();
@@ -101,25 +98,21 @@ fn views(objects: &ObjectStore, items: Vec<(Insight, Option<f32>)>) -> Vec<Insig
         .collect()
 }
 
-/// `clips`: the camera's clips sorted by start, covering the insight's time if one does.
-fn view_with(
-    clips: &[crate::store::ClipRecord],
-    mut i: Insight,
-    similarity: Option<f32>,
-) -> InsightView {
+/// `clips`: the camera's clip spans sorted by start.
+fn view_with(clips: &[(i64, i64)], mut i: Insight, similarity: Option<f32>) -> InsightView {
     let url = i
         .snapshot
         .as_ref()
         .map(|_| format!("/v1/insights/{}/snapshot", i.id));
     let ts = i.ts.timestamp_millis();
     let clip = i.clip.take().or_else(|| {
-        let k = clips.partition_point(|c| c.start.timestamp_millis() <= ts);
+        let k = clips.partition_point(|&(start, _)| start <= ts);
         k.checked_sub(1)
-            .map(|k| &clips[k])
-            .filter(|c| c.camera == i.camera && ts < c.end.timestamp_millis())
-            .map(|c| ClipLink {
-                key: c.key.clone(),
-                offset_s: (ts - c.start.timestamp_millis()) as f64 / 1000.0,
+            .map(|k| clips[k])
+            .filter(|&(_, end)| ts < end)
+            .map(|(start, end)| ClipLink {
+                key: crate::store::clip_key(&i.camera, start, end),
+                offset_s: (ts - start) as f64 / 1000.0,
             })
     });
     let clip = clip.and_then(|c| {

@@ -156,6 +156,33 @@ impl ObjectStore {
         }
     }
 
+    /// `(start_ms, end_ms)` of the clips of `camera` overlapping `[from_ms, to_ms)`, sorted by
+    /// start: names only, no file metadata, for linking insights to their clips.
+    pub fn clip_spans(&self, camera: &str, from_ms: i64, to_ms: i64) -> Vec<(i64, i64)> {
+        let ObjectStore::Local(s) = self;
+        let root = s.root.join("clips").join(camera);
+        let mut d = day(from_ms.saturating_sub(MAX_CLIP_SPAN_MS));
+        let last = day(to_ms);
+        let mut out = Vec::new();
+        while d <= last {
+            for name in read_names(&root.join(d.format("%Y-%m-%d").to_string())) {
+                let span = name
+                    .strip_suffix(".mp4")
+                    .and_then(|n| n.split_once('-'))
+                    .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)));
+                if let Some((a, b)) = span
+                    && b > from_ms
+                    && a < to_ms
+                {
+                    out.push((a, b));
+                }
+            }
+            d += ChronoDuration::days(1);
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Deletes clips that ended and snapshots taken before `cutoff_ms` (retention); returns
     /// how many files went. Emptied day folders go too.
     pub fn delete_before(&self, cutoff_ms: i64) -> usize {
