@@ -102,6 +102,17 @@ fn cameras_in_answers_out() {
         "the insight's time is the capture time of this run: {text}"
     );
 
+    // The stage reports what it did.
+    let (_, metrics) = p.get_bytes("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    for name in [
+        "panoptes_infer_frames_total",
+        "panoptes_infer_insights_written_total",
+        "panoptes_infer_batch_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
     // A live event arrived while we listened.
     let event = wait_for(Duration::from_secs(30), "an insight event", || {
         while let Ok(line) = events.try_recv() {
