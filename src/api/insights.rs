@@ -79,8 +79,9 @@ fn views(objects: &ObjectStore, items: Vec<(Insight, Option<f32>)>) -> Vec<Insig
     let mut span: std::collections::HashMap<String, (i64, i64)> = Default::default();
     for (i, _) in items.iter().filter(|(i, _)| i.clip.is_none()) {
         let ts = i.ts.timestamp_millis();
-        let s = span.entry(i.camera.clone()).or_insert((ts, ts));
-        *s = (s.0.min(ts), s.1.max(ts));
+        let last = i.ts_end.map_or(ts, |t| t.timestamp_millis());
+        let s = span.entry(i.camera.clone()).or_insert((ts, last));
+        *s = (s.0.min(ts), s.1.max(last));
     }
     let clips: std::collections::HashMap<String, Vec<(i64, i64)>> = span
         .into_iter()
@@ -105,14 +106,18 @@ fn view_with(clips: &[(i64, i64)], mut i: Insight, similarity: Option<f32>) -> I
         .as_ref()
         .map(|_| format!("/v1/insights/{}/snapshot", i.id));
     let ts = i.ts.timestamp_millis();
+    let last = i.ts_end.map_or(ts, |t| t.timestamp_millis());
     let clip = i.clip.take().or_else(|| {
+        // The clip playing at `ts`; for a finding that began just before recording did (a
+        // sentence at the very start of a stream), the first clip that shows part of it.
         let k = clips.partition_point(|&(start, _)| start <= ts);
         k.checked_sub(1)
             .map(|k| clips[k])
             .filter(|&(_, end)| ts < end)
+            .or_else(|| clips.get(k).copied().filter(|&(start, _)| start <= last))
             .map(|(start, end)| ClipLink {
                 key: crate::store::clip_key(&i.camera, start, end),
-                offset_s: (ts - start) as f64 / 1000.0,
+                offset_s: (ts - start).max(0) as f64 / 1000.0,
             })
     });
     let clip = clip.and_then(|c| {
@@ -468,4 +473,47 @@ pub async fn events(
             })))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::insights::insight_id;
+
+    fn speech(ts_ms: i64, end_ms: i64) -> Insight {
+        Insight {
+            id: insight_id("lobby", Kind::Speech, ts_ms * 1_000_000, 0),
+            camera: "lobby".into(),
+            kind: Kind::Speech,
+            ts: chrono::DateTime::from_timestamp_millis(ts_ms).unwrap(),
+            ts_end: chrono::DateTime::from_timestamp_millis(end_ms),
+            label: None,
+            text: Some("hello".into()),
+            confidence: 0.9,
+            bbox: None,
+            snapshot: None,
+            clip: None,
+            model: "test".into(),
+        }
+    }
+
+    #[test]
+    fn an_insight_links_to_the_clip_that_holds_it() {
+        let clips = [(1_000, 11_000), (11_000, 21_000)];
+        let v = view_with(&clips, speech(12_500, 14_000), None);
+        let c = v.clip.unwrap();
+        assert_eq!(c.id, "lobby-11000-21000");
+        assert_eq!(c.url, "/v1/clips/lobby-11000-21000");
+        assert!((c.offset_s - 1.5).abs() < 1e-9);
+        // Began 50 ms before recording did: the first clip, from its start.
+        let v = view_with(&clips, speech(950, 4_000), None);
+        let c = v.clip.unwrap();
+        assert_eq!((c.id.as_str(), c.offset_s), ("lobby-1000-11000", 0.0));
+        // After the last clip: none yet.
+        assert!(
+            view_with(&clips, speech(30_000, 31_000), None)
+                .clip
+                .is_none()
+        );
+    }
 }
