@@ -70,6 +70,10 @@ use panoptes::infer::{BBox, Embedder, Runtime};
 use panoptes::store::insights::{Insight, InsightStore, Kind, insight_id};
 use panoptes::store::{ObjectStore, clip_key, snapshot_key};
 
+#[path = "common/proc.rs"]
+mod proc;
+use proc::{cpu_secs, rss_mib};
+
 const BIN: &str = env!("CARGO_BIN_EXE_panoptes");
 /// Changes whenever the generated data set changes, so an old cache is rebuilt.
 const DATASET_VERSION: u32 = 1;
@@ -667,30 +671,6 @@ fn fixtures_dir() -> PathBuf {
     std::env::var_os("PANOPTES_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/out"))
-}
-
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_secs(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-/// Resident memory of a process in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn machine() -> String {
@@ -1861,11 +1841,7 @@ fn e2e(a: &Args) {
     };
     let m0 = metrics_text();
     let start = Utc::now();
-    let (cpu0, replay0, t0) = (
-        cpu_secs(&pid.to_string()),
-        cpu_secs(&replay.pid().to_string()),
-        Instant::now(),
-    );
+    let (cpu0, replay0, t0) = (cpu_secs(pid), cpu_secs(replay.pid()), Instant::now());
     let mut peak_rss = 0.0f64;
     while t0.elapsed() < Duration::from_secs(a.e2e_secs) {
         std::thread::sleep(Duration::from_secs(1));
@@ -1874,8 +1850,8 @@ fn e2e(a: &Args) {
     }
     let wall = t0.elapsed().as_secs_f64();
     let end = Utc::now();
-    let cores = (cpu_secs(&pid.to_string()) - cpu0) / wall;
-    let replay_cores = (cpu_secs(&replay.pid().to_string()) - replay0) / wall;
+    let cores = (cpu_secs(pid) - cpu0) / wall;
+    let replay_cores = (cpu_secs(replay.pid()) - replay0) / wall;
     let m1 = metrics_text();
     stop.store(true, Ordering::Relaxed);
     server.stop();
