@@ -18,9 +18,11 @@ struct Scratch {
     types: Vec<i64>,
 }
 
-/// Text embeddings.
+/// Text embeddings: one single-threaded session per core, so search queries embedded by
+/// many API requests at once run side by side instead of queueing for one session.
 pub struct Embedder {
-    slot: Shared<Scratch>,
+    slots: Vec<Shared<Scratch>>,
+    next: std::sync::atomic::AtomicUsize,
     tokenizer: Tokenizer,
     batch: usize,
 }
@@ -34,7 +36,14 @@ impl Embedder {
     /// Loads `minilm/{model.onnx,tokenizer.json}` from the models directory.
     pub fn load(rt: &Runtime) -> Result<Self, Error> {
         let err = model_err(MODEL);
-        let session = rt.session(MODEL, "minilm/model.onnx")?;
+        let slots = (0..rt.threads().max(1))
+            .map(|_| {
+                Ok(Mutex::new(Slot {
+                    session: rt.session_with_threads(MODEL, "minilm/model.onnx", 1)?,
+                    scratch: Scratch::default(),
+                }))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let mut tokenizer =
             Tokenizer::from_file(rt.file("minilm/tokenizer.json")?).map_err(|e| err(&e))?;
         tokenizer
@@ -48,10 +57,8 @@ impl Embedder {
             ..Default::default()
         }));
         Ok(Self {
-            slot: Mutex::new(Slot {
-                session,
-                scratch: Scratch::default(),
-            }),
+            slots,
+            next: std::sync::atomic::AtomicUsize::new(0),
             tokenizer,
             batch: rt.batch.max(16),
         })
@@ -66,6 +73,17 @@ impl Embedder {
         Ok(out)
     }
 
+    /// An idle session if there is one, else the next in turn.
+    fn free_slot(&self) -> std::sync::MutexGuard<'_, Slot<Scratch>> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..self.slots.len() {
+            if let Ok(g) = self.slots[(start + i) % self.slots.len()].try_lock() {
+                return g;
+            }
+        }
+        lock(&self.slots[start % self.slots.len()])
+    }
+
     fn embed_batch(&self, texts: &[&str], out: &mut Vec<Vec<f32>>) -> Result<(), Error> {
         let err = model_err(MODEL);
         let encodings = self
@@ -73,7 +91,7 @@ impl Embedder {
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| err(&e))?;
         let len = encodings.first().map_or(0, |e| e.len());
-        let mut guard = lock(&self.slot);
+        let mut guard = self.free_slot();
         let Slot { session, scratch } = &mut *guard;
         scratch.ids.clear();
         scratch.mask.clear();

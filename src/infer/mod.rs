@@ -187,13 +187,24 @@ impl Runtime {
         model: &'static str,
         relative: impl AsRef<Path>,
     ) -> Result<Session, Error> {
+        self.session_with_threads(model, relative, self.threads)
+    }
+
+    /// [`Runtime::session`] with its own thread count (small models served to many callers
+    /// run better as several one-thread sessions than as one wide one).
+    pub fn session_with_threads(
+        &self,
+        model: &'static str,
+        relative: impl AsRef<Path>,
+        threads: usize,
+    ) -> Result<Session, Error> {
         let path = self.file(relative)?;
         let err = model_err(model);
         let mut builder = Session::builder(&self.env)
             .map_err(|e| err(&e))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| err(&e))?
-            .with_intra_threads(self.threads)
+            .with_intra_threads(threads.max(1))
             .map_err(|e| err(&e))?
             .with_inter_threads(1)
             .map_err(|e| err(&e))?;
