@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "common/proc.rs"]
-mod proc;
-use proc::{cpu_secs, rss_mib};
+#[path = "common/host.rs"]
+mod host;
+use host::{cpu_secs, free_port, rss_mib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_panoptes");
 const FPS: f64 = 15.0;
@@ -67,14 +67,6 @@ fn args() -> Args {
         i += 2;
     }
     a
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The recording every camera replays, generated once into the cache.

@@ -70,9 +70,9 @@ use panoptes::infer::{BBox, Embedder, Runtime};
 use panoptes::store::insights::{Insight, InsightStore, Kind, insight_id};
 use panoptes::store::{ObjectStore, clip_key, snapshot_key};
 
-#[path = "common/proc.rs"]
-mod proc;
-use proc::{cpu_secs, rss_mib};
+#[path = "common/host.rs"]
+mod host;
+use host::{cpu_secs, free_port, rss_mib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_panoptes");
 /// Changes whenever the generated data set changes, so an old cache is rebuilt.
@@ -644,14 +644,6 @@ impl DataSet {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn cache_root() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")

@@ -1,4 +1,4 @@
-//! Process figures from /proc, shared by the benchmarks.
+//! Helpers the benchmarks share: process figures from /proc and a free loopback port.
 
 /// CPU seconds (user + system) of a process: a pid, or `self`.
 pub fn cpu_secs(pid: impl std::fmt::Display) -> f64 {
@@ -22,4 +22,13 @@ pub fn rss_mib(pid: u32) -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A loopback TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
