@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release/panoptes
 FIXTURES := tests/fixtures/out
 
-.PHONY: run test setup build fixtures models bench bench-ingest bench-infer lint clean-data
+.PHONY: run test setup build fixtures models bench bench-ingest bench-infer bench-insights lint clean-data
 
 run: build fixtures models
 	deploy/demo.sh "$(BIN)" "$(FIXTURES)"
@@ -31,13 +31,16 @@ fixtures: setup
 models: setup
 	models/install.sh
 
-bench: bench-infer bench-ingest
+bench: bench-infer bench-insights bench-ingest
 
 bench-ingest: build fixtures
 	cargo bench --locked --bench ingest
 
 bench-infer: build fixtures models
 	cargo bench --locked --bench infer
+
+bench-insights: build fixtures models
+	cargo bench --locked --bench insights
 
 lint:
 	cargo fmt --check
