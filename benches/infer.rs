@@ -614,24 +614,7 @@ fn detect_case<'a>(
         move |py: &Value| -> Reading {
             let theirs: Vec<Vec<(String, f64)>> = py
                 .as_array()
-                .map(|imgs| {
-                    imgs.iter()
-                        .map(|d| {
-                            d.as_array()
-                                .map(|d| {
-                                    d.iter()
-                                        .map(|x| {
-                                            (
-                                                x[0].as_str().unwrap_or("").to_string(),
-                                                x[1].as_f64().unwrap_or(0.0),
-                                            )
-                                        })
-                                        .collect()
-                                })
-                                .unwrap_or_default()
-                        })
-                        .collect()
-                })
+                .map(|imgs| imgs.iter().map(pairs).collect())
                 .unwrap_or_default();
             let mut w = Vec::new();
             for (i, ours) in found.iter().enumerate() {
@@ -750,19 +733,7 @@ fn ocr_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Case<'
         .map(|l| format!("{:?} {:.2}", l.text, l.confidence))
         .collect();
     let check = move |py: &Value| -> Reading {
-        let lines: Vec<(String, f64)> = py
-            .as_array()
-            .map(|v| {
-                v.iter()
-                    .map(|l| {
-                        (
-                            l[0].as_str().unwrap_or("").to_string(),
-                            l[1].as_f64().unwrap_or(0.0),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let lines = pairs(py);
         let theirs: Vec<String> = lines.iter().map(|l| l.0.clone()).collect();
         let shown = lines
             .iter()
@@ -1310,4 +1281,20 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `[[name, score], ...]` as the Python reference prints detections and text lines.
+fn pairs(v: &Value) -> Vec<(String, f64)> {
+    v.as_array()
+        .map(|v| {
+            v.iter()
+                .map(|x| {
+                    (
+                        x[0].as_str().unwrap_or("").to_string(),
+                        x[1].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
