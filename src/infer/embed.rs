@@ -65,10 +65,47 @@ impl Embedder {
     }
 
     /// Embeds each text: unit vectors of [`Embedder::DIM`] values.
+    /// Several batches run side by side on the single-threaded sessions.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
+        let chunks: Vec<&[&str]> = texts.chunks(self.batch).collect();
+        let workers = self.slots.len().min(chunks.len());
+        if workers <= 1 {
+            let mut out = Vec::with_capacity(texts.len());
+            for chunk in chunks {
+                self.embed_batch(chunk, &mut out)?;
+            }
+            return Ok(out);
+        }
+        // Worker w takes chunks w, w + workers, ...; results are put back in order.
+        let per_worker: Vec<Result<Vec<Vec<Vec<f32>>>, Error>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let chunks = &chunks;
+                    scope.spawn(move || {
+                        chunks
+                            .iter()
+                            .skip(w)
+                            .step_by(workers)
+                            .map(|c| {
+                                let mut v = Vec::with_capacity(c.len());
+                                self.embed_batch(c, &mut v).map(|()| v)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut per_worker: Vec<std::vec::IntoIter<Vec<Vec<f32>>>> = per_worker
+            .into_iter()
+            .map(|r| r.map(Vec::into_iter))
+            .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(self.batch) {
-            self.embed_batch(chunk, &mut out)?;
+        for i in 0..chunks.len() {
+            out.extend(per_worker[i % workers].next().unwrap_or_default());
         }
         Ok(out)
     }
