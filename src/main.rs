@@ -34,8 +34,13 @@ struct ConfigArg {
 enum Command {
     /// Runs every role in one process (edge ingest, inference and the API).
     Run(ConfigArg),
-    /// Runs the edge role only: camera ingest, recording and sampling.
+    /// Runs the edge role only: camera ingest, recording and sampling. On a NATS bus, edge
+    /// nodes share the cameras.
     Edge(ConfigArg),
+    /// Runs the infer role only: sampled frames and audio from the bus become insights.
+    Infer(ConfigArg),
+    /// Runs the api role only: the HTTP API over the shared bus and stores.
+    Api(ConfigArg),
     /// Checks a config file and prints every problem found.
     Validate(ConfigArg),
     /// Runs every model over a recording or an image and prints what they found, one JSON
@@ -113,6 +118,22 @@ fn main() -> ExitCode {
             Roles {
                 edge: true,
                 api: false,
+                infer: false,
+            },
+        ),
+        Command::Infer(ConfigArg { config }) => serve(
+            config,
+            Roles {
+                edge: false,
+                api: false,
+                infer: true,
+            },
+        ),
+        Command::Api(ConfigArg { config }) => serve(
+            config,
+            Roles {
+                edge: false,
+                api: true,
                 infer: false,
             },
         ),

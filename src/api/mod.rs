@@ -37,6 +37,28 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Insights, search and events, where this process serves them.
     pub insights: Option<insights::InsightApi>,
+    /// Every edge node's cameras, on a cluster bus.
+    pub cluster: Option<ClusterApi>,
+}
+
+/// Camera state of the whole cluster, as reported by the edge nodes.
+#[derive(Clone)]
+pub struct ClusterApi {
+    /// The shared buckets.
+    pub cameras: crate::edge::cluster::ClusterCameras,
+    /// The cameras of the config, kept current on reload.
+    pub configured: Arc<std::sync::RwLock<Vec<crate::config::CameraConfig>>>,
+}
+
+impl ClusterApi {
+    async fn views(&self) -> Vec<serde_json::Value> {
+        let configured = self
+            .configured
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        self.cameras.views(&configured).await
+    }
 }
 
 /// The API description, generated from the handlers and their types.
@@ -100,6 +122,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The routes every role serves: liveness, readiness and metrics.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::not_found(
+                "this process runs no api role: only /healthz, /readyz and /metrics",
+            )
+        })
+        .with_state(state)
+}
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -125,13 +161,20 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API (or, with `full` false, only the health routes) on `listener` until
+/// `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    full: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let app = if full {
+        router(state)
+    } else {
+        health_router(state)
+    };
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
@@ -169,13 +212,23 @@ async fn metrics(State(s): State<AppState>) -> Response {
 /// Every camera with its state.
 #[utoipa::path(get, path = "/v1/cameras", responses((status = 200, description = "cameras")))]
 async fn list_cameras(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "items": s.registry.views(), "next_cursor": null }))
+    let items = match &s.cluster {
+        Some(c) => serde_json::Value::from(c.views().await),
+        None => serde_json::to_value(s.registry.views()).unwrap_or_default(),
+    };
+    Json(serde_json::json!({ "items": items, "next_cursor": null }))
 }
 
 /// One camera.
 #[utoipa::path(get, path = "/v1/cameras/{id}", params(("id" = String, Path, description = "camera id")),
     responses((status = 200, description = "the camera"), (status = 404, description = "no such camera")))]
 async fn get_camera(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    if let Some(c) = &s.cluster {
+        return match c.views().await.into_iter().find(|v| v["id"] == id.as_str()) {
+            Some(v) => Json(v).into_response(),
+            None => ApiError::not_found(format!("no camera \"{id}\"")).into_response(),
+        };
+    }
     match s.registry.get(&id) {
         Some(c) => Json(c.view(s.registry.node())).into_response(),
         None => ApiError::not_found(format!("no camera \"{id}\"")).into_response(),
@@ -186,6 +239,20 @@ async fn get_camera(State(s): State<AppState>, Path(id): Path<String>) -> Respon
 #[utoipa::path(get, path = "/v1/cameras/{id}/snapshot", params(("id" = String, Path, description = "camera id")),
     responses((status = 200, content_type = "image/jpeg", description = "JPEG"), (status = 404, description = "no camera or no frame yet")))]
 async fn get_snapshot(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    if let Some(c) = &s.cluster {
+        return match c.cameras.snapshot(&id).await {
+            Some((jpeg, _)) => (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg")),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                ],
+                jpeg,
+            )
+                .into_response(),
+            None => ApiError::not_found(format!("camera \"{id}\" has no sampled frame on the bus"))
+                .into_response(),
+        };
+    }
     let Some(cam) = s.registry.get(&id) else {
         return ApiError::not_found(format!("no camera \"{id}\"")).into_response();
     };

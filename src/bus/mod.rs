@@ -3,16 +3,19 @@
 //!
 //! [`Bus::Memory`] is the embedded default: in-process queues with the same semantics a
 //! JetStream deployment has, so the all-in-one process runs the same code paths.
+//! [`Bus::Nats`] is NATS JetStream, for clusters.
 
 mod memory;
+pub mod nats;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::{BusConfig, BusKind};
+use crate::config::{BusKind, Config};
 
 pub use memory::MemoryBus;
+pub use nats::NatsBus;
 
 /// The streams of the bus, one per kind of message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,6 +102,12 @@ pub enum BusError {
     /// The bus is shutting down.
     #[error("the bus is closed")]
     Closed,
+    /// The message was not stored: the server is away or refused it.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// Setting up the bus failed.
+    #[error("bus: {0}")]
+    Nats(String),
 }
 
 /// The bus, one variant per backend.
@@ -106,6 +115,8 @@ pub enum BusError {
 pub enum Bus {
     /// In-process bounded queues.
     Memory(MemoryBus),
+    /// NATS JetStream.
+    Nats(NatsBus),
 }
 
 /// What happened to a published message.
@@ -118,10 +129,16 @@ pub enum Published {
 }
 
 impl Bus {
-    /// Builds the configured backend.
-    pub fn build(config: &BusConfig) -> Bus {
-        match config.kind {
-            BusKind::Memory => Bus::Memory(MemoryBus::new(config)),
+    /// Builds the configured backend; for NATS, connects (waiting for the server) and puts
+    /// the streams in place.
+    pub async fn connect(config: &Config) -> Result<Bus, BusError> {
+        match config.bus.kind {
+            BusKind::Memory => Ok(Bus::Memory(MemoryBus::new(&config.bus))),
+            BusKind::Nats => {
+                let max_frame =
+                    nats::max_frame_bytes(config.sampling.max_width, config.sampling.max_height);
+                Ok(Bus::Nats(NatsBus::connect(&config.bus, max_frame).await?))
+            }
         }
     }
 
@@ -134,6 +151,7 @@ impl Bus {
     ) -> Result<Published, BusError> {
         match self {
             Bus::Memory(b) => b.publish(subject, headers, payload),
+            Bus::Nats(b) => b.publish(subject, headers, payload).await,
         }
     }
 
@@ -141,6 +159,16 @@ impl Bus {
     pub async fn consumer(&self, stream: StreamKind, durable: &str) -> Result<Consumer, BusError> {
         match self {
             Bus::Memory(b) => Ok(Consumer::Memory(b.consumer(stream, durable))),
+            Bus::Nats(b) => Ok(Consumer::Nats(b.consumer(stream, durable).await?)),
+        }
+    }
+
+    /// Every message published on `stream` from now on, for this process (live feeds).
+    /// In process, the one feed is a consumer like any other.
+    pub async fn live(&self, stream: StreamKind) -> Result<Consumer, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(Consumer::Memory(b.consumer(stream, "live"))),
+            Bus::Nats(b) => Ok(Consumer::Nats(b.live(stream).await?)),
         }
     }
 
@@ -148,6 +176,7 @@ impl Bus {
     pub fn is_ready(&self) -> bool {
         match self {
             Bus::Memory(_) => true,
+            Bus::Nats(b) => b.is_connected(),
         }
     }
 }
@@ -156,6 +185,8 @@ impl Bus {
 pub enum Consumer {
     /// In-process.
     Memory(memory::MemoryConsumer),
+    /// JetStream.
+    Nats(nats::NatsConsumer),
 }
 
 impl Consumer {
@@ -163,6 +194,7 @@ impl Consumer {
     pub async fn next(&mut self, timeout: Duration) -> Option<Delivery> {
         match self {
             Consumer::Memory(c) => c.next(timeout).await.map(Delivery::Memory),
+            Consumer::Nats(c) => c.next(timeout).await.map(Delivery::Nats),
         }
     }
 }
@@ -171,6 +203,8 @@ impl Consumer {
 pub enum Delivery {
     /// In-process.
     Memory(memory::MemoryDelivery),
+    /// JetStream.
+    Nats(nats::NatsDelivery),
 }
 
 impl Delivery {
@@ -178,6 +212,7 @@ impl Delivery {
     pub fn message(&self) -> &Message {
         match self {
             Delivery::Memory(d) => d.message(),
+            Delivery::Nats(d) => d.message(),
         }
     }
 
@@ -185,6 +220,7 @@ impl Delivery {
     pub fn delivery_count(&self) -> u32 {
         match self {
             Delivery::Memory(d) => d.delivery_count(),
+            Delivery::Nats(d) => d.delivery_count(),
         }
     }
 
@@ -195,6 +231,7 @@ impl Delivery {
                 d.ack();
                 Ok(())
             }
+            Delivery::Nats(d) => d.ack().await,
         }
     }
 
@@ -205,6 +242,7 @@ impl Delivery {
                 d.nak(error);
                 Ok(())
             }
+            Delivery::Nats(d) => d.nak(error).await,
         }
     }
 }

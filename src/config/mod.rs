@@ -108,6 +108,15 @@ pub struct Config {
     /// Inference: execution provider, threads, thresholds.
     #[serde(default)]
     pub infer: InferConfig,
+    /// Where clips and snapshots are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where insights are kept.
+    #[serde(default)]
+    pub insights: InsightsConfig,
+    /// Sharing cameras between edge nodes (cluster bus only).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// The cameras this deployment watches.
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -194,6 +203,27 @@ pub struct BusConfig {
     /// How long a delivered message may stay unacknowledged before it is redelivered.
     #[serde(default = "default_ack_wait", with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// NATS server(s) for `kind = "nats"`, comma-separated: `nats://host:4222`.
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// NATS user; use `${ENV}`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// NATS password; use `${ENV}`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// NATS token; use `${ENV}`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// JetStream FRAMES stream: frames older than this are discarded unread.
+    #[serde(default = "default_frames_max_age", with = "humantime_serde")]
+    pub frames_max_age: Duration,
+    /// JetStream FRAMES stream: bytes kept; the oldest frames are discarded beyond it.
+    #[serde(default = "default_frames_max_bytes")]
+    pub frames_max_bytes: i64,
+    /// JetStream INSIGHTS and CLIPS streams: how long records stay on the bus.
+    #[serde(default = "default_records_max_age", with = "humantime_serde")]
+    pub records_max_age: Duration,
 }
 
 impl Default for BusConfig {
@@ -204,8 +234,28 @@ impl Default for BusConfig {
             audio_capacity: default_audio_capacity(),
             max_deliver: default_max_deliver(),
             ack_wait: default_ack_wait(),
+            url: default_nats_url(),
+            username: None,
+            password: None,
+            token: None,
+            frames_max_age: default_frames_max_age(),
+            frames_max_bytes: default_frames_max_bytes(),
+            records_max_age: default_records_max_age(),
         }
     }
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_frames_max_age() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_frames_max_bytes() -> i64 {
+    1 << 30
+}
+fn default_records_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_frames_capacity() -> usize {
@@ -228,6 +278,169 @@ pub enum BusKind {
     /// In-process bounded queues.
     #[default]
     Memory,
+    /// NATS JetStream (`bus.url`).
+    Nats,
+}
+
+/// Clip and snapshot storage.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `local` (a directory under `data_dir`, the default) or `s3`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// S3 settings for `kind = "s3"`.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+/// Object store backend.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Files under `data_dir/objects`.
+    #[default]
+    Local,
+    /// S3 or any S3-compatible store.
+    S3,
+}
+
+/// S3 (or S3-compatible) object storage.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name.
+    #[serde(default)]
+    pub bucket: String,
+    /// Region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Endpoint of an S3-compatible server (`http://minio:9000`); AWS when unset.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Key prefix inside the bucket.
+    #[serde(default)]
+    pub prefix: String,
+    /// Access key id; the standard AWS credential chain is used when unset.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key; use `${ENV}`.
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// Objects at or above this size are uploaded in parts.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: u64,
+    /// How long a presigned clip URL stays valid.
+    #[serde(default = "default_presign_ttl", with = "humantime_serde")]
+    pub presign_ttl: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            region: default_region(),
+            endpoint: None,
+            path_style: false,
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            multipart_threshold: default_multipart_threshold(),
+            presign_ttl: default_presign_ttl(),
+        }
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_multipart_threshold() -> u64 {
+    16 << 20
+}
+fn default_presign_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Insight storage.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InsightsConfig {
+    /// `sqlite` (under `data_dir`, the default) or `qdrant`.
+    #[serde(default)]
+    pub kind: InsightsKind,
+    /// Qdrant gRPC URL for `kind = "qdrant"`.
+    #[serde(default = "default_qdrant_url")]
+    pub url: String,
+    /// Qdrant API key; use `${ENV}`.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Qdrant collection.
+    #[serde(default = "default_collection")]
+    pub collection: String,
+}
+
+impl Default for InsightsConfig {
+    fn default() -> Self {
+        Self {
+            kind: InsightsKind::default(),
+            url: default_qdrant_url(),
+            api_key: None,
+            collection: default_collection(),
+        }
+    }
+}
+
+fn default_qdrant_url() -> String {
+    "http://127.0.0.1:6334".into()
+}
+fn default_collection() -> String {
+    "panoptes_insights".into()
+}
+
+/// Insight store backend.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InsightsKind {
+    /// SQLite + FTS5 + in-memory vectors under `data_dir`.
+    #[default]
+    Sqlite,
+    /// A Qdrant server.
+    Qdrant,
+}
+
+/// Edge nodes sharing cameras.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id (default: `PANOPTES_NODE`, else the host name).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How often an edge node renews its membership.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A node that has not renewed for this long is gone and its cameras move.
+    #[serde(default = "default_member_ttl", with = "humantime_serde")]
+    pub member_ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node: None,
+            heartbeat: default_heartbeat(),
+            member_ttl: default_member_ttl(),
+        }
+    }
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_member_ttl() -> Duration {
+    Duration::from_secs(6)
 }
 
 /// RTSP session behaviour.
@@ -662,6 +875,9 @@ pub struct CameraConfig {
     /// A disabled camera is kept in the config but not connected.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Pins the camera to this edge node (cluster); otherwise the live nodes share cameras.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl CameraConfig {
@@ -860,6 +1076,76 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
     }
     if config.bus.max_deliver == 0 {
         push(&mut errors, "bus.max_deliver".into(), "must be at least 1");
+    }
+    if config.bus.kind == BusKind::Nats {
+        for (i, u) in config.bus.url.split(',').enumerate() {
+            let ok = url::Url::parse(u.trim())
+                .is_ok_and(|u| matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some());
+            if !ok {
+                push(
+                    &mut errors,
+                    format!("bus.url[{i}]"),
+                    "must be nats://host:port (several separated by commas)",
+                );
+            }
+        }
+        if config.bus.frames_max_bytes <= 0 || config.bus.frames_max_age.is_zero() {
+            push(
+                &mut errors,
+                "bus.frames_max_bytes".into(),
+                "frames_max_bytes and frames_max_age must be greater than zero",
+            );
+        }
+    }
+    if config.store.kind == StoreKind::S3 {
+        let s3 = &config.store.s3;
+        if s3.bucket.is_empty() {
+            push(
+                &mut errors,
+                "store.s3.bucket".into(),
+                "is required when store.kind = \"s3\"",
+            );
+        }
+        if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+            push(
+                &mut errors,
+                "store.s3.access_key_id".into(),
+                "access_key_id and secret_access_key go together (or leave both out for the standard credential chain)",
+            );
+        }
+        if let Some(e) = &s3.endpoint
+            && !url::Url::parse(e).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            push(
+                &mut errors,
+                "store.s3.endpoint".into(),
+                "must be an http:// or https:// URL",
+            );
+        }
+        if s3.multipart_threshold < 5 << 20 {
+            push(
+                &mut errors,
+                "store.s3.multipart_threshold".into(),
+                "must be at least 5 MiB (S3's smallest part)",
+            );
+        }
+    }
+    if config.insights.kind == InsightsKind::Qdrant
+        && !url::Url::parse(&config.insights.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    {
+        push(
+            &mut errors,
+            "insights.url".into(),
+            "must be Qdrant's gRPC URL, e.g. http://qdrant:6334",
+        );
+    }
+    if config.cluster.heartbeat.is_zero() || config.cluster.member_ttl <= config.cluster.heartbeat {
+        push(
+            &mut errors,
+            "cluster.member_ttl".into(),
+            "heartbeat must be greater than zero and member_ttl longer than heartbeat",
+        );
     }
     let inf = &config.infer;
     if inf.batch == 0 {

@@ -5,6 +5,7 @@
 //! audio. [`Edge`] owns the running cameras and applies config changes (cameras added,
 //! removed or changed) without touching the others. Camera state lives in [`status`].
 
+pub mod cluster;
 pub mod recorder;
 pub mod session;
 pub mod status;
@@ -201,11 +202,14 @@ async fn publish_frames(
             ),
         ];
         let subject = StreamKind::Frames.subject(&camera);
-        if let Err(e) = bus
+        match bus
             .publish(subject, headers, Bytes::clone(&frame.jpeg))
             .await
         {
-            tracing::warn!(camera = %camera, error = %e, "frame not published");
+            Ok(_) => {}
+            // Counted by the bus, which logs an outage once.
+            Err(crate::bus::BusError::Unavailable(_)) => {}
+            Err(e) => tracing::warn!(camera = %camera, error = %e, "frame not published"),
         }
     }
 }

@@ -6,7 +6,11 @@
 //! memory and scanned exactly, then returns the newest insights carrying the best texts.
 //! Insights repeat the same few texts ("person", a sign read every sample), so the index
 //! holds far fewer vectors than there are insights. Writes are upserts by id: redelivered
-//! work overwrites instead of duplicating.
+//! work overwrites instead of duplicating. Another process may write the same database file
+//! (cluster mode: `infer` writes, `api` reads): the texts it adds are picked up before each
+//! search.
+//!
+//! [`InsightStore::Qdrant`] keeps the same records in a Qdrant server ([`super::qdrant`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,7 +22,9 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::InsightsConfig;
 use crate::infer::BBox;
+use crate::store::qdrant::{QdrantInsights, QdrantSync};
 
 /// Insight store failures.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +35,9 @@ pub enum InsightError {
     /// A stored row could not be read back.
     #[error("insight store: bad row: {0}")]
     BadRow(String),
+    /// The Qdrant server failed or refused; the message names the server and what to do.
+    #[error("insight store: {0}")]
+    Qdrant(String),
 }
 
 /// What kind of finding an insight is.
@@ -183,9 +192,15 @@ pub struct Query {
 }
 
 /// The configured insight store, one variant per backend.
+///
+/// The methods block: call them from `spawn_blocking` (or another thread outside the tokio
+/// runtime), never from a runtime worker thread. The Qdrant variant runs its requests on the
+/// runtime it was created on and panics if called on one of its worker threads.
 pub enum InsightStore {
     /// SQLite + FTS5 + an exact in-memory vector scan, under `data_dir`.
     Sqlite(SqliteInsights),
+    /// A Qdrant collection (cluster mode).
+    Qdrant(QdrantSync),
 }
 
 impl InsightStore {
@@ -194,10 +209,21 @@ impl InsightStore {
         Ok(InsightStore::Sqlite(SqliteInsights::open(path)?))
     }
 
+    /// Connects to the Qdrant server of `config` and prepares its collection for
+    /// `dim`-dimensional embeddings; later calls run on the current tokio runtime.
+    pub async fn qdrant(config: &InsightsConfig, dim: usize) -> Result<Self, InsightError> {
+        let store = QdrantInsights::connect(config, dim).await?;
+        Ok(InsightStore::Qdrant(QdrantSync::new(
+            store,
+            tokio::runtime::Handle::current(),
+        )))
+    }
+
     /// Texts among `bodies` that have no embedding yet.
     pub fn missing_texts(&self, bodies: &[&str]) -> Result<Vec<String>, InsightError> {
         match self {
             InsightStore::Sqlite(s) => s.missing_texts(bodies),
+            InsightStore::Qdrant(s) => s.missing_texts(bodies),
         }
     }
 
@@ -209,6 +235,7 @@ impl InsightStore {
     ) -> Result<(), InsightError> {
         match self {
             InsightStore::Sqlite(s) => s.upsert(insights, embeddings),
+            InsightStore::Qdrant(s) => s.upsert(insights, embeddings),
         }
     }
 
@@ -216,6 +243,7 @@ impl InsightStore {
     pub fn query(&self, q: &Query) -> Result<(Vec<Insight>, Option<Cursor>), InsightError> {
         match self {
             InsightStore::Sqlite(s) => s.query(q),
+            InsightStore::Qdrant(s) => s.query(q),
         }
     }
 
@@ -228,6 +256,7 @@ impl InsightStore {
     ) -> Result<Vec<(Insight, f32)>, InsightError> {
         match self {
             InsightStore::Sqlite(s) => s.search(vector, filter, limit),
+            InsightStore::Qdrant(s) => s.search(vector, filter, limit),
         }
     }
 
@@ -235,6 +264,7 @@ impl InsightStore {
     pub fn get(&self, id: &Uuid) -> Result<Option<Insight>, InsightError> {
         match self {
             InsightStore::Sqlite(s) => s.get(id),
+            InsightStore::Qdrant(s) => s.get(id),
         }
     }
 
@@ -242,6 +272,7 @@ impl InsightStore {
     pub fn count(&self) -> Result<u64, InsightError> {
         match self {
             InsightStore::Sqlite(s) => s.count(),
+            InsightStore::Qdrant(s) => s.count(),
         }
     }
 
@@ -249,6 +280,7 @@ impl InsightStore {
     pub fn delete_before(&self, cutoff_ms: i64) -> Result<usize, InsightError> {
         match self {
             InsightStore::Sqlite(s) => s.delete_before(cutoff_ms),
+            InsightStore::Qdrant(s) => s.delete_before(cutoff_ms),
         }
     }
 }
@@ -313,6 +345,10 @@ struct Vectors {
     by_body: HashMap<String, i64>,
     data: Vec<f32>,
     dim: usize,
+    /// Rows of `texts` up to this id have been read from the database. Only
+    /// [`SqliteInsights::refresh_vectors`] moves it: texts this process adds are pushed as
+    /// they are written, but a lower id committed by another process may not be loaded yet.
+    loaded_upto: i64,
 }
 
 impl Vectors {
@@ -358,11 +394,17 @@ fn from_ms(v: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
+/// The words of a `q=` search: runs of letters and digits; anything else separates them.
+pub(crate) fn query_words(q: &str) -> Vec<&str> {
+    q.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
 /// FTS5 query from user words: each word quoted (no operators), all required.
 fn fts_query(q: &str) -> Option<String> {
-    let words: Vec<String> = q
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
+    let words: Vec<String> = query_words(q)
+        .into_iter()
         .map(|w| format!("\"{w}\""))
         .collect();
     (!words.is_empty()).then(|| words.join(" "))
@@ -383,27 +425,46 @@ impl SqliteInsights {
             r.busy_timeout(std::time::Duration::from_secs(5))?;
             readers.push(Mutex::new(r));
         }
-        let mut vectors = Vectors::default();
-        {
-            let mut stmt = writer.prepare("SELECT id, body, embedding FROM texts ORDER BY id")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (id, body, blob) = row?;
-                vectors.push(id, body, &from_blob(&blob));
-            }
-        }
-        Ok(Self {
+        let store = Self {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
-            vectors: RwLock::new(vectors),
-        })
+            vectors: RwLock::new(Vectors::default()),
+        };
+        store.refresh_vectors()?;
+        Ok(store)
+    }
+
+    /// Loads the texts added since the last load, by this process or another one writing
+    /// the same file. Texts are never deleted and ids grow with each commit, so one
+    /// primary-key range read finds them all. It is one index seek that usually returns
+    /// nothing, so it runs before every search rather than on a timer.
+    fn refresh_vectors(&self) -> Result<(), InsightError> {
+        let upto = self
+            .vectors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .loaded_upto;
+        let rows: Vec<(i64, String, Vec<u8>)> = {
+            let conn = self.reader();
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, body, embedding FROM texts WHERE id > ?1 ORDER BY id",
+            )?;
+            stmt.query_map([upto], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut v = self.vectors.write().unwrap_or_else(|p| p.into_inner());
+        for (id, body, blob) in rows {
+            // A concurrent refresh may have loaded these already.
+            if id > v.loaded_upto {
+                v.push(id, body, &from_blob(&blob));
+                v.loaded_upto = id;
+            }
+        }
+        Ok(())
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -419,6 +480,7 @@ impl SqliteInsights {
     }
 
     fn missing_texts(&self, bodies: &[&str]) -> Result<Vec<String>, InsightError> {
+        self.refresh_vectors()?;
         let v = self.vectors.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<String> = bodies
             .iter()
@@ -569,6 +631,7 @@ impl SqliteInsights {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<(Insight, f32)>, InsightError> {
+        self.refresh_vectors()?;
         let top = self
             .vectors
             .read()
@@ -688,7 +751,11 @@ fn from_blob(b: &[u8]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
     use super::*;
+    use crate::config::InsightsKind;
 
     fn insight(camera: &str, kind: Kind, at_ms: i64, body: &str) -> Insight {
         let (label, text) = match kind {
@@ -911,6 +978,333 @@ mod tests {
             })
             .unwrap();
         assert!(left.is_empty(), "its words are gone from the index too");
+    }
+
+    #[test]
+    fn a_second_process_sees_the_texts_the_first_one_adds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("insights.db");
+        let infer = SqliteInsights::open(&path).unwrap();
+        let api = SqliteInsights::open(&path).unwrap();
+        let q = unit([0.0, 1.0, 0.0]);
+        assert!(api.search(&q, &Filter::default(), 5).unwrap().is_empty());
+        infer
+            .upsert(
+                &[insight("b", Kind::Object, 1000, "cat")],
+                &HashMap::from([("cat".to_string(), unit([0.0, 1.0, 0.0]))]),
+            )
+            .unwrap();
+        // The api process writes a text of its own (a higher id) before it next searches:
+        // the other process's lower id must still be loaded.
+        api.upsert(
+            &[insight("a", Kind::Object, 2000, "truck")],
+            &HashMap::from([("truck".to_string(), unit([1.0, 0.0, 0.0]))]),
+        )
+        .unwrap();
+        let hits = api.search(&q, &Filter::default(), 5).unwrap();
+        let labels: Vec<&str> = hits
+            .iter()
+            .map(|(i, _)| i.label.as_deref().unwrap())
+            .collect();
+        assert_eq!(labels, vec!["cat", "truck"]);
+        assert!(api.missing_texts(&["cat", "truck"]).unwrap().is_empty());
+        assert!(infer.missing_texts(&["cat", "truck"]).unwrap().is_empty());
+        assert_eq!(
+            infer
+                .search(&unit([1.0, 0.0, 0.0]), &Filter::default(), 1)
+                .unwrap()[0]
+                .0
+                .label
+                .as_deref(),
+            Some("truck")
+        );
+    }
+
+    fn unit4(v: [f32; 4]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    /// What every insight store does, whatever the backend: `s` starts empty and takes
+    /// 4-dimensional embeddings.
+    fn behaves_like_an_insight_store(s: &InsightStore) {
+        assert_eq!(s.count().unwrap(), 0);
+        let ts = |items: &[Insight]| items.iter().map(|i| ms(&i.ts)).collect::<Vec<_>>();
+        let page = |q: Query| s.query(&q).unwrap();
+        let list = |filter: Filter, q: Option<&str>| {
+            page(Query {
+                filter,
+                q: q.map(str::to_string),
+                limit: 100,
+                cursor: None,
+            })
+            .0
+        };
+        let camera = |c: &str| Filter {
+            camera: Some(c.into()),
+            ..Default::default()
+        };
+        let all_pages = |limit: usize, q: Option<&str>| {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let (p, next) = page(Query {
+                    q: q.map(str::to_string),
+                    limit,
+                    cursor,
+                    ..Default::default()
+                });
+                assert!(p.len() <= limit);
+                seen.extend(p);
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break seen,
+                }
+            }
+        };
+
+        // Listing: newest first, filters, words, pages.
+        let mut sign = insight("dock", Kind::Text, 500, "LOADING DOCK 7");
+        sign.ts_end = Some(from_ms(3600));
+        let items: Vec<Insight> = (0..5)
+            .map(|n| insight("lobby", Kind::Object, 1000 * n, "person"))
+            .chain([
+                sign,
+                insight("dock", Kind::Speech, 3500, "The truck arrived at the dock."),
+            ])
+            .collect();
+        s.upsert(&items, &HashMap::new()).unwrap();
+        assert_eq!(s.count().unwrap(), 7);
+        let (first, next) = page(Query {
+            limit: 3,
+            ..Default::default()
+        });
+        assert_eq!(ts(&first), vec![4000, 3500, 3000]);
+        let (rest, end) = page(Query {
+            limit: 10,
+            cursor: next,
+            ..Default::default()
+        });
+        assert_eq!(ts(&rest), vec![2000, 1000, 500, 0]);
+        assert!(end.is_none());
+        let seen = all_pages(2, None);
+        assert_eq!(ts(&seen), vec![4000, 3500, 3000, 2000, 1000, 500, 0]);
+        assert_eq!(seen.iter().map(|i| i.id).collect::<HashSet<_>>().len(), 7);
+        assert_eq!(ts(&list(camera("dock"), None)), vec![3500, 500]);
+        let speech = Filter {
+            kind: Some(Kind::Speech),
+            ..Default::default()
+        };
+        assert_eq!(ts(&list(speech, None)), vec![3500]);
+        let people = Filter {
+            label: Some("person".into()),
+            from_ms: Some(1000),
+            to_ms: Some(3000),
+            ..Default::default()
+        };
+        assert_eq!(ts(&list(people, None)), vec![2000, 1000]);
+        // `from` looks at when an insight was last seen: the sign lasted until 3600.
+        let late = Filter {
+            from_ms: Some(3000),
+            ..Default::default()
+        };
+        assert_eq!(ts(&list(late, None)), vec![4000, 3500, 3000, 500]);
+        let early = Filter {
+            to_ms: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(ts(&list(early, None)), vec![500, 0]);
+        // Words: every one must appear, in any case; punctuation is not syntax.
+        assert_eq!(ts(&list(Filter::default(), Some("dock"))), vec![3500, 500]);
+        assert!(list(camera("lobby"), Some("dock")).is_empty());
+        let truck = list(Filter::default(), Some("truck ARRIVED"));
+        assert_eq!(ts(&truck), vec![3500]);
+        assert_eq!(truck[0].kind, Kind::Speech);
+        assert!(list(Filter::default(), Some("loading truck")).is_empty());
+        assert!(list(Filter::default(), Some("\"(")).is_empty());
+        assert_eq!(
+            ts(&all_pages(2, Some("person"))),
+            vec![4000, 3000, 2000, 1000, 0]
+        );
+
+        // Upserts by id: the same insight twice is one insight, the later record wins, and
+        // a record without a snapshot keeps the stored one.
+        let mut gate = insight("gate", Kind::Text, 10_000, "PANOPTES GATE 42");
+        gate.snapshot = Some("snapshots/gate/1970-01-01/10000.jpg".into());
+        gate.bbox = Some(BBox {
+            x: 0.25,
+            y: 0.5,
+            w: 0.125,
+            h: 0.0625,
+        });
+        assert_eq!(
+            s.missing_texts(&["PANOPTES GATE 42", "PANOPTES GATE 42"])
+                .unwrap(),
+            vec!["PANOPTES GATE 42"]
+        );
+        let emb = HashMap::from([("PANOPTES GATE 42".to_string(), unit4([0.0, 0.0, 0.0, 1.0]))]);
+        s.upsert(&[gate.clone()], &emb).unwrap();
+        assert_eq!(s.get(&gate.id).unwrap().as_ref(), Some(&gate));
+        let mut again = gate.clone();
+        again.ts_end = Some(from_ms(15_000));
+        again.snapshot = None;
+        s.upsert(&[again.clone()], &HashMap::new()).unwrap();
+        assert_eq!(s.count().unwrap(), 8);
+        let stored = s.get(&gate.id).unwrap().unwrap();
+        assert_eq!(stored.ts_end, Some(from_ms(15_000)));
+        assert_eq!(stored.snapshot, gate.snapshot);
+        assert_eq!(
+            s.missing_texts(&["PANOPTES GATE 42", "new", "new"])
+                .unwrap(),
+            vec!["new"]
+        );
+        assert_eq!(s.get(&Uuid::nil()).unwrap(), None);
+
+        // Semantic search: best text first, the newest insights of a text first; insights
+        // without an embedded body are never found.
+        let emb = HashMap::from([
+            ("truck".to_string(), unit4([1.0, 0.1, 0.0, 0.0])),
+            ("cat".to_string(), unit4([0.0, 1.0, 0.0, 0.0])),
+            ("boat".to_string(), unit4([0.3, 0.0, 1.0, 0.0])),
+        ]);
+        let mut unlabelled = insight("road", Kind::Object, 25_000, "-");
+        unlabelled.label = None;
+        s.upsert(
+            &[
+                insight("road", Kind::Object, 20_000, "truck"),
+                insight("road", Kind::Object, 21_000, "truck"),
+                insight("river", Kind::Object, 22_000, "cat"),
+                insight("river", Kind::Object, 23_000, "boat"),
+                insight("road", Kind::Object, 24_000, "van"),
+                unlabelled,
+            ],
+            &emb,
+        )
+        .unwrap();
+        let q = unit4([1.0, 0.0, 0.0, 0.0]);
+        let found = |f: Filter, limit: usize| {
+            let hits = s.search(&q, &f, limit).unwrap();
+            assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1), "{hits:?}");
+            hits.into_iter()
+                .map(|(i, sim)| (i.body().unwrap_or("-").to_string(), ms(&i.ts), sim))
+                .collect::<Vec<_>>()
+        };
+        let hits = found(Filter::default(), 10);
+        let got: Vec<(&str, i64)> = hits.iter().map(|(b, t, _)| (b.as_str(), *t)).collect();
+        assert_eq!(
+            got[..3],
+            [("truck", 21_000), ("truck", 20_000), ("boat", 23_000)]
+        );
+        // Then the cat and the gate's sign (both orthogonal); not the van, the people or the
+        // unlabelled object.
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!((hits[0].2 - 1.0 / 1.01_f32.sqrt()).abs() < 1e-3, "{hits:?}");
+        let river: Vec<String> = found(camera("river"), 10)
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(river, vec!["boat", "cat"]);
+        let text = Filter {
+            kind: Some(Kind::Text),
+            ..Default::default()
+        };
+        assert_eq!(found(text, 10).len(), 1);
+        let one = found(Filter::default(), 1);
+        assert_eq!((one[0].0.as_str(), one[0].1), ("truck", 21_000));
+        assert!(found(Filter::default(), 0).is_empty());
+
+        // Retention goes by when an insight was last seen.
+        assert_eq!(s.count().unwrap(), 14);
+        assert_eq!(s.delete_before(1000).unwrap(), 1);
+        assert_eq!(s.count().unwrap(), 13);
+        assert_eq!(
+            ts(&list(camera("lobby"), Some("person"))),
+            vec![4000, 3000, 2000, 1000]
+        );
+        assert_eq!(ts(&list(camera("dock"), None)), vec![3500, 500]);
+        assert_eq!(s.delete_before(0).unwrap(), 0);
+    }
+
+    #[test]
+    fn sqlite_behaves_like_an_insight_store() {
+        let (_d, s) = store();
+        behaves_like_an_insight_store(&s);
+    }
+
+    /// Runs against a real server: `PANOPTES_TEST_QDRANT_URL=http://127.0.0.1:6334` (and
+    /// `PANOPTES_TEST_QDRANT_API_KEY` if it needs one). Each run uses a collection of its own
+    /// and deletes it afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn qdrant_behaves_like_an_insight_store() {
+        let Ok(url) = std::env::var("PANOPTES_TEST_QDRANT_URL") else {
+            eprintln!("skipped: PANOPTES_TEST_QDRANT_URL is not set");
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let config = InsightsConfig {
+            kind: InsightsKind::Qdrant,
+            url,
+            api_key: std::env::var("PANOPTES_TEST_QDRANT_API_KEY")
+                .ok()
+                .map(|k| serde_json::from_value(k.into()).unwrap()),
+            collection: format!("panoptes_test_{}_{nanos}", std::process::id()),
+        };
+        let store = Arc::new(InsightStore::qdrant(&config, 4).await.unwrap());
+        let s = Arc::clone(&store);
+        let outcome = tokio::task::spawn_blocking(move || behaves_like_an_insight_store(&s)).await;
+        // Connecting again checks the collection, and a different size is refused.
+        let again = InsightStore::qdrant(&config, 4).await;
+        let other_size = InsightStore::qdrant(&config, 8).await;
+        let InsightStore::Qdrant(q) = &*store else {
+            unreachable!("built as a Qdrant store")
+        };
+        q.store().drop_collection().await.unwrap();
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        assert!(again.is_ok());
+        let e = other_size
+            .err()
+            .expect("a different vector size is refused")
+            .to_string();
+        assert!(
+            e.contains(&config.collection) && e.contains("4-dimensional") && e.contains("8"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn qdrant_errors_name_the_server_and_the_fix_but_not_the_key() {
+        let config = InsightsConfig {
+            kind: InsightsKind::Qdrant,
+            // Nothing listens on port 1.
+            url: "http://127.0.0.1:1".into(),
+            api_key: Some(serde_json::from_value("sekrit-key".into()).unwrap()),
+            collection: "panoptes_insights".into(),
+        };
+        let e = InsightStore::qdrant(&config, 4)
+            .await
+            .err()
+            .expect("no server there")
+            .to_string();
+        assert!(e.contains("http://127.0.0.1:1"), "{e}");
+        assert!(e.contains("is the Qdrant server running"), "{e}");
+        assert!(!e.contains("sekrit"), "{e}");
+        // User information in the URL is no more shown than the key.
+        let config = InsightsConfig {
+            url: "http://admin:hunter2@127.0.0.1:1".into(),
+            ..config
+        };
+        let e = InsightStore::qdrant(&config, 4)
+            .await
+            .err()
+            .expect("no server there")
+            .to_string();
+        assert!(e.contains("127.0.0.1:1"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("admin"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod flow;
+pub mod services;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_panoptes");
 
 /// The generated fixtures (made by `tests/fixtures/generate.sh`, which runs here if needed).
@@ -158,7 +161,7 @@ impl Drop for Replay {
     }
 }
 
-/// `panoptes run` with a config file in a temporary directory.
+/// `panoptes run` (or one role) with a config file in a temporary directory.
 pub struct Panoptes {
     child: Child,
     pub dir: tempfile::TempDir,
@@ -166,6 +169,8 @@ pub struct Panoptes {
     pub base: String,
     pub output: Output,
     env: Vec<(String, String)>,
+    role: String,
+    data_dir: PathBuf,
 }
 
 impl Panoptes {
@@ -176,15 +181,30 @@ impl Panoptes {
 
     /// Starts panoptes with extra environment variables (for `${VAR}` in the config).
     pub fn start_env(extra: &str, cameras: &str, env: &[(&str, &str)]) -> Panoptes {
+        Self::start_role("run", None, extra, cameras, env)
+    }
+
+    /// Starts `panoptes <role>` (run, edge, infer, api); `data_dir` shares one between
+    /// processes, otherwise each has its own.
+    pub fn start_role(
+        role: &str,
+        data_dir: Option<&Path>,
+        extra: &str,
+        cameras: &str,
+        env: &[(&str, &str)],
+    ) -> Panoptes {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let data_dir = data_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("data"));
         let config = dir.path().join("panoptes.toml");
-        std::fs::write(&config, Self::config_text(dir.path(), port, extra, cameras)).unwrap();
+        std::fs::write(&config, Self::config_text(&data_dir, port, extra, cameras)).unwrap();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, output) = Self::launch(&config, &env);
+        let (child, output) = Self::launch(role, &config, &env);
         let mut p = Panoptes {
             child,
             dir,
@@ -192,19 +212,21 @@ impl Panoptes {
             base: format!("http://127.0.0.1:{port}"),
             output,
             env,
+            role: role.to_string(),
+            data_dir,
         };
         p.wait_healthy();
         p
     }
 
-    fn launch(config: &Path, env: &[(String, String)]) -> (Child, Output) {
+    fn launch(role: &str, config: &Path, env: &[(String, String)]) -> (Child, Output) {
         let mut cmd = Command::new(BIN);
-        cmd.arg("run")
+        cmd.arg(role)
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "debug")
             .envs(env.iter().map(|(k, v)| (k, v)));
-        Output::spawn(&mut cmd, "panoptes run")
+        Output::spawn(&mut cmd, &format!("panoptes {role}"))
     }
 
     fn wait_healthy(&mut self) {
@@ -222,7 +244,12 @@ impl Panoptes {
     pub fn restart(&mut self) {
         let (ok, _) = self.stop();
         assert!(ok, "panoptes did not stop cleanly: {}", self.output.text());
-        let (child, output) = Self::launch(&self.config, &self.env);
+        self.start_again();
+    }
+
+    /// Starts the process again after [`Panoptes::stop`] or [`Panoptes::kill`].
+    pub fn start_again(&mut self) {
+        let (child, output) = Self::launch(&self.role, &self.config, &self.env);
         self.child = child;
         self.output = output;
         self.wait_healthy();
@@ -230,7 +257,7 @@ impl Panoptes {
 
     /// The config file: inference is off unless `extra` has an `[infer]` section, so ingest
     /// tests measure ingest alone.
-    pub fn config_text(dir: &Path, port: u16, extra: &str, cameras: &str) -> String {
+    pub fn config_text(data_dir: &Path, port: u16, extra: &str, cameras: &str) -> String {
         let infer = if extra.contains("[infer]") {
             ""
         } else {
@@ -238,7 +265,7 @@ impl Panoptes {
         };
         format!(
             "data_dir = \"{}\"\n{extra}\n{infer}\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n{cameras}\n",
-            dir.join("data").display()
+            data_dir.display()
         )
     }
 
@@ -248,7 +275,7 @@ impl Panoptes {
         let tmp = self.dir.path().join("panoptes.toml.new");
         std::fs::write(
             &tmp,
-            Self::config_text(self.dir.path(), port, extra, cameras),
+            Self::config_text(&self.data_dir, port, extra, cameras),
         )
         .unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
@@ -297,6 +324,12 @@ impl Panoptes {
         wait_for(timeout, &format!("camera {id} to be {state}"), || {
             self.camera(id).filter(|c| c["state"] == state)
         })
+    }
+
+    /// Kills the process at once (SIGKILL): no clean-up, as when a node dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit; returns (success, seconds taken).

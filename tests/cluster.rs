@@ -1,0 +1,178 @@
+//! Cluster mode with real processes: nats-server (JetStream), an S3 server (moto), two
+//! `panoptes edge` nodes, one `panoptes infer` and one `panoptes api`, over replayed cameras.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::flow::{self, all_ids, all_items, items};
+use common::services::{MotoServer, NatsServer};
+use common::{Panoptes, Replay, fixtures, models, wait_for};
+
+const BUCKET: &str = "panoptes";
+
+/// camera id -> owner node, once every camera streams.
+fn owners(api: &Panoptes, cameras: usize) -> Option<BTreeMap<String, String>> {
+    let cams = items(&api.get("/v1/cameras"));
+    let streaming: BTreeMap<String, String> = cams
+        .iter()
+        .filter(|c| c["state"] == "streaming")
+        .filter_map(|c| {
+            Some((
+                c["id"].as_str()?.to_string(),
+                c["owner"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    (streaming.len() == cameras).then_some(streaming)
+}
+
+fn metric(p: &Panoptes, line_start: &str) -> f64 {
+    let (_, body) = p.get_bytes("/metrics");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn cluster_shares_cameras_survives_failures_and_answers() {
+    let fx = fixtures();
+    let models = models();
+    let nats = NatsServer::start();
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let replay = Replay::start(&[fx.join("lobby.mp4"), fx.join("photos.mp4")], 1);
+
+    // lobby and photos carry the checked content; four more cameras give the nodes a share
+    // each, sampled rarely and without audio so inference keeps up on small machines.
+    let mut cameras = format!(
+        "[[cameras]]\nid = \"lobby\"\nurl = \"{}\"\n\n[[cameras]]\nid = \"photos\"\nurl = \"{}\"\n",
+        replay.url("lobby"),
+        replay.url("photos")
+    );
+    for i in 1..=4 {
+        cameras.push_str(&format!(
+            "\n[[cameras]]\nid = \"gate-{i}\"\nurl = \"{}\"\naudio = false\nsample_interval = \"60s\"\n",
+            replay.url("photos")
+        ));
+    }
+    let n_cameras = 6;
+    let extra = format!(
+        "[bus]\nkind = \"nats\"\nurl = \"{}\"\n\n\
+         [store]\nkind = \"s3\"\n\n[store.s3]\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\npath_style = true\n\
+         access_key_id = \"test\"\nsecret_access_key = \"${{S3_SECRET}}\"\n\n\
+         [cluster]\nheartbeat = \"1s\"\nmember_ttl = \"4s\"\n\n\
+         [sampling]\ninterval = \"2s\"\n\n[recording]\nsegment = \"4s\"\n\n[infer]\nenabled = true\n",
+        nats.url(),
+        s3.url()
+    );
+    let models_env = ("PANOPTES_MODELS", models.to_str().unwrap());
+    let secret = ("S3_SECRET", "cluster-test-secret");
+    let shared = tempfile::tempdir().unwrap();
+    let edge = |node: &str| {
+        Panoptes::start_role(
+            "edge",
+            None,
+            &extra,
+            &cameras,
+            &[("PANOPTES_NODE", node), secret],
+        )
+    };
+    let edge_a = edge("edge-a");
+    let mut edge_b = edge("edge-b");
+    let infer = Panoptes::start_role(
+        "infer",
+        Some(shared.path()),
+        &extra,
+        &cameras,
+        &[models_env, secret, ("PANOPTES_NODE", "infer-1")],
+    );
+    let api = Panoptes::start_role(
+        "api",
+        Some(shared.path()),
+        &extra,
+        &cameras,
+        &[models_env, secret, ("PANOPTES_NODE", "api-1")],
+    );
+
+    // The cameras are split between the two edge nodes, as seen from the api node.
+    let split = wait_for(Duration::from_secs(60), "every camera streaming", || {
+        owners(&api, n_cameras)
+    });
+    let nodes: HashSet<&str> = split.values().map(String::as_str).collect();
+    assert_eq!(
+        nodes,
+        HashSet::from(["edge-a", "edge-b"]),
+        "both edge nodes run cameras: {split:?}"
+    );
+
+    // The whole insight flow, through the bus, the shared store and S3.
+    flow::check_answers(&api, &fx);
+    let clips = wait_for(Duration::from_secs(30), "clips in the bucket", || {
+        let keys = s3.keys(BUCKET, "clips/lobby/");
+        (!keys.is_empty()).then_some(keys)
+    });
+    assert!(clips.iter().all(|k| k.ends_with(".mp4")), "{clips:?}");
+
+    // A dead edge node's cameras move to the live one; the others stay where they are.
+    edge_b.kill();
+    let moved = wait_for(
+        Duration::from_secs(45),
+        "edge-b's cameras to stream on edge-a",
+        || owners(&api, n_cameras).filter(|o| o.values().all(|n| n == "edge-a")),
+    );
+    assert_eq!(moved.len(), n_cameras);
+    // Back again: only its share returns.
+    edge_b.start_again();
+    let back = wait_for(Duration::from_secs(45), "edge-b's share to return", || {
+        owners(&api, n_cameras).filter(|o| *o == split)
+    });
+    assert_eq!(back, split);
+
+    // NATS restarts mid-run: frames sampled meanwhile are counted as dropped, every stored
+    // insight stays, and no id appears twice.
+    let before = all_ids(&api);
+    let dropped_before = metric(&edge_a, "panoptes_bus_dropped_total{");
+    nats_restart(nats, &edge_a, dropped_before, &api, &before);
+
+    drop(infer);
+}
+
+fn nats_restart(
+    mut nats: NatsServer,
+    edge: &Panoptes,
+    dropped_before: f64,
+    api: &Panoptes,
+    before: &[String],
+) {
+    nats.kill();
+    wait_for(
+        Duration::from_secs(20),
+        "samples counted as dropped while NATS is down",
+        || (metric(edge, "panoptes_bus_dropped_total{") > dropped_before).then_some(()),
+    );
+    nats.start_again();
+    let back = chrono::Utc::now().timestamp_millis();
+    wait_for(
+        Duration::from_secs(90),
+        "insights seen after NATS came back",
+        || {
+            all_items(api)
+                .iter()
+                .any(|i| flow::last_seen_ms(i) > back)
+                .then_some(())
+        },
+    );
+    let after = all_ids(api);
+    let unique: HashSet<&String> = after.iter().collect();
+    assert_eq!(unique.len(), after.len(), "an id is listed twice");
+    let lost: Vec<&String> = before.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(lost.is_empty(), "lost across the NATS restart: {lost:?}");
+    // The api node reports the bus as ready again.
+    wait_for(Duration::from_secs(20), "api /readyz", || {
+        (api.get_bytes("/readyz").0 == 200).then_some(())
+    });
+}
