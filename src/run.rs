@@ -33,12 +33,9 @@ pub struct Roles {
 /// Runs until a shutdown signal.
 pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::Result<()> {
     let metrics = crate::telemetry::metrics();
-    let store = ObjectStore::local(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    let store = ObjectStore::build(&config)
+        .await
+        .context("cannot open the object store")?;
     let orphans = std::fs::read_dir(store.spool_dir())
         .map(|rd| {
             rd.flatten()

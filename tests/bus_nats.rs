@@ -73,6 +73,22 @@ async fn jetstream_bus_delivers_dead_letters_and_survives_a_restart() {
             .collect::<Vec<_>>()
     );
 
+    // A live feed sees what is published after it starts, without acks.
+    let mut live = bus.live(StreamKind::Insights).await.unwrap();
+    bus.publish(
+        StreamKind::Insights.subject("lobby"),
+        vec![("camera".into(), "lobby".into())],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .unwrap();
+    let d = live
+        .next(Duration::from_secs(5))
+        .await
+        .expect("a live message");
+    assert_eq!(d.message().subject, "panoptes.insights.lobby");
+    d.ack().await.unwrap();
+
     // A message that fails every time goes to the DLQ after max_deliver (2) tries.
     publish(&bus, "dock", 10).await.unwrap();
     let mut tries = 0;
@@ -147,14 +163,15 @@ async fn jetstream_bus_delivers_dead_letters_and_survives_a_restart() {
     .await
     .expect("reconnected");
     publish(&bus, "yard", 35).await.unwrap();
-    // At least once: an ack lost in the restart means one more delivery, never a loss.
+    // At least once: an ack the killed server had not yet written down means one more
+    // delivery (of that or an earlier message), never a loss.
     let mut yard: Vec<Bytes> = Vec::new();
     while yard.len() < 6 {
         let Some(d) = infer.next(Duration::from_secs(10)).await else {
             break;
         };
         let p = d.message().payload.clone();
-        if !yard.contains(&p) {
+        if d.message().subject == "panoptes.frames.yard" && !yard.contains(&p) {
             yard.push(p);
         }
         let _ = d.ack().await;

@@ -110,7 +110,7 @@ fn cluster_shares_cameras_survives_failures_and_answers() {
     );
 
     // The whole insight flow, through the bus, the shared store and S3.
-    flow::check_answers(&api, &fx);
+    flow::check_answers(&api, &infer, &fx);
     let clips = wait_for(Duration::from_secs(30), "clips in the bucket", || {
         let keys = s3.keys(BUCKET, "clips/lobby/");
         (!keys.is_empty()).then_some(keys)

@@ -26,7 +26,7 @@ fn cameras_in_answers_out() {
         &[("PANOPTES_MODELS", models.to_str().unwrap())],
     );
 
-    flow::check_answers(&p, &fx);
+    flow::check_answers(&p, &p, &fx);
 
     // A restart loses nothing and duplicates nothing.
     let before = all_ids(&p);

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
@@ -427,11 +426,18 @@ pub async fn get_insight_snapshot(
 ) -> Result<Response, ApiError> {
     let api = insight_api(&s)?;
     let insight = find(api, &id).await?;
-    let path = insight
+    let key = insight
         .snapshot
         .as_deref()
-        .and_then(|k| s.store.local_path(k))
         .ok_or_else(|| ApiError::not_found(format!("insight \"{id}\" has no snapshot")))?;
+    let Some(path) = s.store.local_path(key) else {
+        return match s.store.presigned_url(key).await {
+            Some(url) => Ok(super::redirect(&url)),
+            None => Err(ApiError::not_found(format!(
+                "insight \"{id}\" has no snapshot"
+            ))),
+        };
+    };
     let bytes = tokio::fs::read(&path).await.map_err(internal)?;
     Ok((
         [
@@ -458,20 +464,30 @@ pub async fn events(
     let camera = parse_camera(q.camera.as_deref())?;
     let kind = parse_kind(q.kind.as_deref())?;
     let objects = s.store.clone();
-    let stream = BroadcastStream::new(api.events.subscribe()).filter_map(move |item| {
-        // A listener too slow for the feed skips what it missed rather than stalling others.
-        let i = item.ok()?;
-        if camera.as_ref().is_some_and(|c| *c != i.camera) || kind.is_some_and(|k| k != i.kind) {
-            return None;
-        }
-        let v = view(&objects, i, None);
-        Some(Ok(Event::default()
-            .event("insight")
-            .json_data(&v)
-            .unwrap_or_else(|_| {
-                Event::default().comment("unserialisable insight")
-            })))
-    });
+    let stream =
+        futures::StreamExt::filter_map(BroadcastStream::new(api.events.subscribe()), move |item| {
+            let (objects, camera) = (objects.clone(), camera.clone());
+            async move {
+                // A listener too slow for the feed skips what it missed rather than stalling
+                // others.
+                let i = item.ok()?;
+                if camera.as_ref().is_some_and(|c| *c != i.camera)
+                    || kind.is_some_and(|k| k != i.kind)
+                {
+                    return None;
+                }
+                // Linking the clip may ask the object store: off the async threads.
+                let v = tokio::task::spawn_blocking(move || view(&objects, i, None))
+                    .await
+                    .ok()?;
+                Some(Ok(Event::default()
+                    .event("insight")
+                    .json_data(&v)
+                    .unwrap_or_else(|_| {
+                        Event::default().comment("unserialisable insight")
+                    })))
+            }
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

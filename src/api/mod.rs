@@ -161,6 +161,26 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// A temporary redirect to a presigned object URL.
+pub(crate) fn redirect(url: &str) -> Response {
+    match HeaderValue::from_str(url) {
+        Ok(v) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, v),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
+        Err(_) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "the object store gave an unusable URL".into(),
+        }
+        .into_response(),
+    }
+}
+
 /// Serves the API (or, with `full` false, only the health routes) on `listener` until
 /// `shutdown` completes.
 pub async fn serve(
@@ -371,8 +391,13 @@ async fn get_clip(State(s): State<AppState>, Path(id): Path<String>, req: Reques
     let Some((camera, start, end)) = parse_clip_id(&id) else {
         return ApiError::not_found(format!("no clip \"{id}\"")).into_response();
     };
-    let Some(path) = s.store.local_path(&clip_key(camera, start, end)) else {
-        return ApiError::not_found(format!("no clip \"{id}\"")).into_response();
+    let key = clip_key(camera, start, end);
+    let Some(path) = s.store.local_path(&key) else {
+        // In S3: the client fetches it from there, Range and all.
+        return match s.store.presigned_url(&key).await {
+            Some(url) => redirect(&url),
+            None => ApiError::not_found(format!("no clip \"{id}\"")).into_response(),
+        };
     };
     // ServeFile answers Range requests, which players use to seek.
     match ServeFile::new(path).oneshot(req).await {

@@ -267,12 +267,12 @@ mod tests {
     use crate::bus::{Bus, StreamKind};
 
     fn bus(capacity: usize, max_deliver: u32, ack_wait: Duration) -> Bus {
-        Bus::build(&BusConfig {
+        Bus::Memory(MemoryBus::new(&BusConfig {
             frames_capacity: capacity,
             max_deliver,
             ack_wait,
             ..BusConfig::default()
-        })
+        }))
     }
 
     async fn publish(bus: &Bus, camera: &str, body: &'static [u8]) -> Published {
@@ -318,7 +318,9 @@ mod tests {
         assert_eq!(second.delivery_count(), 2);
         second.nak("model failed").await.unwrap();
         assert!(c.next(Duration::from_millis(50)).await.is_none());
-        let Bus::Memory(m) = &bus;
+        let Bus::Memory(m) = &bus else {
+            unreachable!("built as a memory bus")
+        };
         let dead = m.dead_letters();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].subject, "panoptes.dlq.frames");

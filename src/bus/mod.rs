@@ -116,7 +116,7 @@ pub enum Bus {
     /// In-process bounded queues.
     Memory(MemoryBus),
     /// NATS JetStream.
-    Nats(NatsBus),
+    Nats(Box<NatsBus>),
 }
 
 /// What happened to a published message.
@@ -137,7 +137,9 @@ impl Bus {
             BusKind::Nats => {
                 let max_frame =
                     nats::max_frame_bytes(config.sampling.max_width, config.sampling.max_height);
-                Ok(Bus::Nats(NatsBus::connect(&config.bus, max_frame).await?))
+                Ok(Bus::Nats(Box::new(
+                    NatsBus::connect(&config.bus, max_frame).await?,
+                )))
             }
         }
     }
@@ -159,7 +161,7 @@ impl Bus {
     pub async fn consumer(&self, stream: StreamKind, durable: &str) -> Result<Consumer, BusError> {
         match self {
             Bus::Memory(b) => Ok(Consumer::Memory(b.consumer(stream, durable))),
-            Bus::Nats(b) => Ok(Consumer::Nats(b.consumer(stream, durable).await?)),
+            Bus::Nats(b) => Ok(Consumer::Nats(Box::new(b.consumer(stream, durable).await?))),
         }
     }
 
@@ -168,7 +170,7 @@ impl Bus {
     pub async fn live(&self, stream: StreamKind) -> Result<Consumer, BusError> {
         match self {
             Bus::Memory(b) => Ok(Consumer::Memory(b.consumer(stream, "live"))),
-            Bus::Nats(b) => Ok(Consumer::Nats(b.live(stream).await?)),
+            Bus::Nats(b) => Ok(Consumer::Nats(Box::new(b.live(stream).await?))),
         }
     }
 
@@ -186,7 +188,7 @@ pub enum Consumer {
     /// In-process.
     Memory(memory::MemoryConsumer),
     /// JetStream.
-    Nats(nats::NatsConsumer),
+    Nats(Box<nats::NatsConsumer>),
 }
 
 impl Consumer {
@@ -194,7 +196,7 @@ impl Consumer {
     pub async fn next(&mut self, timeout: Duration) -> Option<Delivery> {
         match self {
             Consumer::Memory(c) => c.next(timeout).await.map(Delivery::Memory),
-            Consumer::Nats(c) => c.next(timeout).await.map(Delivery::Nats),
+            Consumer::Nats(c) => c.next(timeout).await.map(|d| Delivery::Nats(Box::new(d))),
         }
     }
 }
@@ -204,7 +206,7 @@ pub enum Delivery {
     /// In-process.
     Memory(memory::MemoryDelivery),
     /// JetStream.
-    Nats(nats::NatsDelivery),
+    Nats(Box<nats::NatsDelivery>),
 }
 
 impl Delivery {

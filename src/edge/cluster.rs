@@ -72,20 +72,35 @@ async fn bucket(
     name: &str,
     max_age: Duration,
 ) -> Result<kv::Store, BusError> {
-    let config = kv::Config {
-        bucket: name.into(),
-        history: 1,
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    // The bucket's stream, as the client's create_key_value makes it; made directly because
+    // that call first reads account details that nats-server 2.9 reports in an older form.
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
         max_age,
         storage: jetstream::stream::StorageType::Memory,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    match js.get_key_value(name).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(config)
-            .await
-            .map_err(|e| BusError::Nats(format!("cannot create key-value bucket {name}: {e}"))),
+    if let Err(e) = js.create_stream(config).await {
+        // Another node may have made it meanwhile.
+        if js.get_key_value(name).await.is_err() {
+            return Err(BusError::Nats(format!(
+                "cannot create key-value bucket {name}: {e}"
+            )));
+        }
     }
+    js.get_key_value(name)
+        .await
+        .map_err(|e| BusError::Nats(format!("cannot open key-value bucket {name}: {e}")))
 }
 
 impl Membership {

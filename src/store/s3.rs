@@ -192,7 +192,12 @@ impl S3Store {
 
     /// Objects in the spool waiting to upload.
     pub fn pending_uploads(&self) -> usize {
-        scan_pending(&self.inner.pending).len()
+        std::fs::read_dir(&self.inner.pending).map_or(0, |rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter(|e| e.file_name().to_str().and_then(key_of_pending).is_some())
+                .count()
+        })
     }
 
     /// Moves `file` into the pending spool, then uploads it unless S3 is known to be down.

@@ -62,7 +62,8 @@ pub fn last_seen_ms(i: &Value) -> i64 {
 /// Checks the answers about the `lobby` (drawn text, spoken sentence) and `photos`
 /// (astronaut) cameras: text search, kind and label filters, live events, semantic search,
 /// the clip of an insight, bad parameters and the API description.
-pub fn check_answers(p: &Panoptes, fx: &Path) {
+/// `infer` is the process that runs inference (for its metrics).
+pub fn check_answers(p: &Panoptes, infer: &Panoptes, fx: &Path) {
     let overlay = std::fs::read_to_string(fx.join("lobby.overlay.txt")).unwrap();
     let overlay = overlay.trim();
     let sentence = std::fs::read_to_string(fx.join("lobby.txt")).unwrap();
@@ -103,7 +104,7 @@ pub fn check_answers(p: &Panoptes, fx: &Path) {
     );
 
     // The stage reports what it did.
-    let (_, metrics) = p.get_bytes("/metrics");
+    let (_, metrics) = infer.get_bytes("/metrics");
     let metrics = String::from_utf8_lossy(&metrics);
     for name in [
         "panoptes_infer_frames_total",

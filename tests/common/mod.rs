@@ -224,7 +224,10 @@ impl Panoptes {
         cmd.arg(role)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "debug")
+            .env(
+                "RUST_LOG",
+                "debug,async_nats=info,aws=info,h2=info,hyper=info",
+            )
             .envs(env.iter().map(|(k, v)| (k, v)));
         Output::spawn(&mut cmd, &format!("panoptes {role}"))
     }
@@ -356,6 +359,13 @@ impl Panoptes {
 
 impl Drop for Panoptes {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the process said last, to see why a check failed.
+            let text = self.output.text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("--- last lines of panoptes {} ---\n{tail}", self.role);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
