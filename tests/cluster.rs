@@ -42,7 +42,7 @@ fn cluster_shares_cameras_survives_failures_and_answers() {
     let fx = fixtures();
     let models = models();
     let nats = NatsServer::start();
-    let s3 = MotoServer::start();
+    let mut s3 = MotoServer::start();
     s3.create_bucket(BUCKET);
     let replay = Replay::start(&[fx.join("lobby.mp4"), fx.join("photos.mp4")], 1);
 
@@ -137,6 +137,42 @@ fn cluster_shares_cameras_survives_failures_and_answers() {
     let before = all_ids(&api);
     let dropped_before = metric(&edge_a, "panoptes_bus_dropped_total{");
     nats_restart(nats, &edge_a, dropped_before, &api, &before);
+
+    // The object store goes away for 30 s: clips wait in the edge nodes' spools and are all
+    // uploaded when it is back (moto keeps objects in memory, so it comes back empty).
+    let down_at = chrono::Utc::now().timestamp_millis();
+    s3.kill();
+    std::thread::sleep(Duration::from_secs(30));
+    s3.start_again();
+    s3.create_bucket(BUCKET);
+    let back_at = chrono::Utc::now().timestamp_millis();
+    let spans = wait_for(
+        Duration::from_secs(90),
+        "the clips recorded during the outage in the bucket",
+        || {
+            let mut spans: Vec<(i64, i64)> = s3
+                .keys(BUCKET, "clips/lobby/")
+                .iter()
+                .filter_map(|k| {
+                    let (a, b) = k.rsplit('/').next()?.strip_suffix(".mp4")?.split_once('-')?;
+                    Some((a.parse().ok()?, b.parse().ok()?))
+                })
+                .filter(|&(a, b): &(i64, i64)| b > down_at && a < back_at)
+                .collect();
+            spans.sort_unstable();
+            let covered = spans.first().is_some_and(|f| f.0 <= down_at)
+                && spans.last().is_some_and(|l| l.1 >= back_at);
+            covered.then_some(spans)
+        },
+    );
+    for w in spans.windows(2) {
+        assert_eq!(w[0].1, w[1].0, "a clip is missing between {w:?}: {spans:?}");
+    }
+    for edge in [&edge_a, &edge_b] {
+        wait_for(Duration::from_secs(60), "an empty upload spool", || {
+            (metric(edge, "panoptes_store_pending_uploads") == 0.0).then_some(())
+        });
+    }
 
     drop(infer);
 }
