@@ -697,6 +697,11 @@ pub struct InferConfig {
     /// How long the worker waits for a batch to fill before running what it has.
     #[serde(default = "default_batch_wait", with = "humantime_serde")]
     pub batch_wait: Duration,
+    /// A frame captured longer ago than this when its turn comes is skipped (acknowledged
+    /// and counted, not analysed): when inference falls behind, fresh frames go first.
+    /// `0s` analyses every frame however late.
+    #[serde(default = "default_max_frame_age", with = "humantime_serde")]
+    pub max_frame_age: Duration,
     /// Insights and clips older than this are deleted.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
@@ -721,6 +726,7 @@ impl Default for InferConfig {
             ort_library: None,
             batch: default_infer_batch(),
             batch_wait: default_batch_wait(),
+            max_frame_age: default_max_frame_age(),
             retention: default_retention(),
             detection: DetectionConfig::default(),
             ocr: OcrConfig::default(),
@@ -734,6 +740,9 @@ fn default_infer_batch() -> usize {
 }
 fn default_batch_wait() -> Duration {
     Duration::from_millis(50)
+}
+fn default_max_frame_age() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)

@@ -36,6 +36,8 @@ pub struct Worker {
     bus: Bus,
     batch: usize,
     batch_wait: Duration,
+    /// Frames older than this are skipped (`None`: never).
+    max_frame_age: Option<Duration>,
     /// Gap after which a finding no longer continues (a few sample intervals).
     continue_within: Duration,
     tracks: Mutex<HashMap<String, Track>>,
@@ -72,6 +74,7 @@ impl Worker {
             bus,
             batch: config.batch.max(1),
             batch_wait: config.batch_wait,
+            max_frame_age: Some(config.max_frame_age).filter(|d| !d.is_zero()),
             continue_within: (sample_interval * 3).max(Duration::from_secs(5)),
             tracks: Mutex::new(HashMap::new()),
             audio: Mutex::new(HashMap::new()),
@@ -92,6 +95,8 @@ impl Worker {
         let processed = metrics::counter!("panoptes_infer_frames_total");
         let failed = metrics::counter!("panoptes_infer_errors_total", "stream" => "frames");
         let latency = metrics::histogram!("panoptes_infer_batch_seconds", "stream" => "frames");
+        let skipped = metrics::counter!("panoptes_infer_frames_skipped_total", "reason" => "stale");
+        let mut warned: Option<Instant> = None;
         loop {
             let first = tokio::select! {
                 biased;
@@ -111,7 +116,38 @@ impl Worker {
                     None => break,
                 }
             }
-            let frames: Vec<FrameIn> = batch.iter().map(|d| FrameIn::from(d.message())).collect();
+            let mut frames: Vec<FrameIn> =
+                batch.iter().map(|d| FrameIn::from(d.message())).collect();
+            if let Some(max_age) = self.max_frame_age {
+                let now = Utc::now();
+                let fresh = |f: &FrameIn| !is_stale(f.at, now, max_age);
+                let (mut keep, mut kept) = (Vec::new(), Vec::new());
+                let mut stale = 0;
+                for (d, f) in batch.into_iter().zip(frames) {
+                    if fresh(&f) {
+                        keep.push(d);
+                        kept.push(f);
+                    } else {
+                        stale += 1;
+                        let _ = d.ack().await;
+                    }
+                }
+                if stale > 0 {
+                    skipped.increment(stale);
+                    // Once a minute at most: the counter has the full story.
+                    if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(60)) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(
+                            max_frame_age = ?max_age,
+                            "inference is behind: frames older than infer.max_frame_age are skipped (panoptes_infer_frames_skipped_total)"
+                        );
+                    }
+                }
+                (batch, frames) = (keep, kept);
+                if batch.is_empty() {
+                    continue;
+                }
+            }
             let me = Arc::clone(&self);
             let started = Instant::now();
             let n = batch.len();
@@ -358,6 +394,12 @@ impl Worker {
 }
 
 /// A sampled frame from the bus.
+/// Whether a frame captured `at` is too old at `now` to be worth analysing. A capture
+/// time in the future (a camera clock ahead) is never stale.
+fn is_stale(at: DateTime<Utc>, now: DateTime<Utc>, max_age: Duration) -> bool {
+    (now - at).to_std().is_ok_and(|age| age > max_age)
+}
+
 struct FrameIn {
     camera: String,
     capture_ns: i64,
@@ -507,6 +549,17 @@ fn iou(a: &super::BBox, b: &super::BBox) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_frames_past_the_age_limit_are_stale() {
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let limit = std::time::Duration::from_secs(10);
+        let ago = |s: i64| now - chrono::Duration::seconds(s);
+        assert!(!is_stale(ago(0), now, limit));
+        assert!(!is_stale(ago(10), now, limit));
+        assert!(is_stale(ago(11), now, limit));
+        assert!(!is_stale(now + chrono::Duration::seconds(5), now, limit));
+    }
+
     use super::*;
     use crate::infer::BBox;
 
