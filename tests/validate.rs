@@ -98,3 +98,28 @@ fn the_demo_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_cluster_config_is_valid_with_its_secrets_and_names_them_without() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cluster.toml");
+    let out = Command::new(BIN)
+        .args(["validate", "--config", path])
+        .env("S3_ACCESS_KEY_ID", "panoptes")
+        .env("S3_SECRET_ACCESS_KEY", "not-a-real-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["validate", "--config", path])
+        .env_remove("S3_ACCESS_KEY_ID")
+        .env_remove("S3_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("S3_SECRET_ACCESS_KEY is not set"), "{err}");
+}
