@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release/panoptes
 FIXTURES := tests/fixtures/out
 
-.PHONY: run test setup build fixtures models services bench bench-ingest bench-infer bench-insights lint clean-data
+.PHONY: run test setup build fixtures models services bench bench-ingest bench-infer bench-insights bench-bus lint clean-data
 
 run: build fixtures models
 	deploy/demo.sh "$(BIN)" "$(FIXTURES)"
@@ -35,7 +35,7 @@ models: setup
 services: setup
 	tests/install-services.sh
 
-bench: bench-infer bench-insights bench-ingest
+bench: bench-infer bench-insights bench-ingest bench-bus
 
 bench-ingest: build fixtures
 	cargo bench --locked --bench ingest
@@ -45,6 +45,10 @@ bench-infer: build fixtures models
 
 bench-insights: build fixtures models
 	cargo bench --locked --bench insights
+
+# nats-server comes with setup; no fixtures: the bench encodes its own JPEGs.
+bench-bus: build
+	cargo bench --locked --bench bus
 
 lint:
 	cargo fmt --check

@@ -10,7 +10,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
   gstreamer1.0-plugins-base-apps
   espeak-ng ffmpeg python3-pip python3-venv curl
-  nats-server
+  nats-server chromium docker-compose
 )
 
 missing=()
