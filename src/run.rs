@@ -150,9 +150,9 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
             insights: insights.as_ref().and_then(|i| i.api.clone()),
             cluster,
         };
-        let (token, full) = (shutdown.clone(), roles.api);
+        let (token, full, api_config) = (shutdown.clone(), roles.api, config.api.clone());
         tokio::spawn(async move {
-            if let Err(e) = api::serve(listener, state, full, token).await {
+            if let Err(e) = api::serve(listener, state, full, &api_config, token).await {
                 tracing::error!(error = %e, "api server failed");
             }
         })

@@ -170,14 +170,34 @@ pub struct ApiConfig {
     /// Address to listen on.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// Bearer API keys; when any is set, `/v1/*` and `/metrics` need one (`${ENV}` them).
+    #[serde(default)]
+    pub keys: Vec<Secret>,
+    /// Requests per second one client address may make (after a burst of twice that);
+    /// `0` turns the limit off.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: default_api_listen(),
+            keys: Vec::new(),
+            rate_limit: default_rate_limit(),
+            max_body: default_max_body(),
         }
     }
+}
+
+fn default_rate_limit() -> u32 {
+    200
+}
+fn default_max_body() -> usize {
+    64 * 1024
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -1069,6 +1089,15 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
             "recording.segment".into(),
             "must be at least 1s",
         );
+    }
+    for (i, k) in config.api.keys.iter().enumerate() {
+        if k.expose().trim().len() < 16 {
+            push(
+                &mut errors,
+                format!("api.keys[{i}]"),
+                "an API key must be at least 16 characters (e.g. `openssl rand -hex 24`)",
+            );
+        }
     }
     if config.media.decoders == 0 {
         push(&mut errors, "media.decoders".into(), "must be at least 1");

@@ -266,8 +266,23 @@ impl Panoptes {
         } else {
             "[infer]\nenabled = false\n"
         };
+        // An `[api]` table in `extra` gets the listen address; otherwise one is added.
+        let (extra, api) = match extra.find("[api]\n") {
+            Some(i) => (
+                format!(
+                    "{}[api]\nlisten = \"127.0.0.1:{port}\"\n{}",
+                    &extra[..i],
+                    &extra[i + 6..]
+                ),
+                String::new(),
+            ),
+            None => (
+                extra.to_string(),
+                format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+            ),
+        };
         format!(
-            "data_dir = \"{}\"\n{extra}\n{infer}\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n{cameras}\n",
+            "data_dir = \"{}\"\n{extra}\n{infer}\n{api}\n{cameras}\n",
             data_dir.display()
         )
     }
