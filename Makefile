@@ -10,12 +10,12 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release/panoptes
 FIXTURES := tests/fixtures/out
 
-.PHONY: run test setup build fixtures models services bench bench-ingest bench-infer bench-insights bench-bus lint clean-data
+.PHONY: run test setup build fixtures models services browser-deps bench bench-ingest bench-infer bench-insights bench-bus lint clean-data
 
 run: build fixtures models
 	deploy/demo.sh "$(BIN)" "$(FIXTURES)"
 
-test: build fixtures models services
+test: build fixtures models services browser-deps
 	PANOPTES_FIXTURES="$(CURDIR)/$(FIXTURES)" cargo test --release --locked -- --test-threads=1
 
 setup:
@@ -34,6 +34,16 @@ models: setup
 # Servers the cluster tests start: nats-server (Debian, via setup) and moto_server (PyPI).
 services: setup
 	tests/install-services.sh
+
+# playwright-core for the browser test (tests/browser.rs), from the lock file; it drives
+# the Chromium that setup installs (it never downloads a browser). Reinstalled only when
+# node_modules is missing or older than package-lock.json.
+browser-deps: setup
+	@if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then \
+		npm ci --prefix tests/browser --no-audit --no-fund && touch tests/browser/node_modules; \
+	else \
+		echo "browser-deps: tests/browser/node_modules up to date"; \
+	fi
 
 bench: bench-infer bench-insights bench-ingest bench-bus
 

@@ -13,6 +13,11 @@ APT_PACKAGES=(
   nats-server chromium docker-compose
 )
 
+# The browser test drives Chromium with playwright-core, which needs Node.js 20 or newer.
+if ! command -v node >/dev/null 2>&1; then
+  APT_PACKAGES+=(nodejs npm)
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
@@ -39,3 +44,7 @@ if [ "${rustc_minor:-0}" -lt 95 ]; then
   exit 1
 fi
 echo "setup: $(rustc --version)"
+node_major=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')
+if [ "${node_major:-0}" -lt 20 ]; then
+  echo "setup: Node.js $(node --version 2>/dev/null || echo missing) is older than 20; the browser test needs 20 or newer (e.g. from NodeSource)." >&2
+fi

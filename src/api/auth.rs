@@ -71,13 +71,44 @@ pub fn redacted_uri(uri: &axum::http::Uri) -> String {
     }
 }
 
+/// The request with `access_token` taken off its query: handlers see only their own
+/// parameters (and reject unknown ones), whether or not keys are configured.
+fn without_token(mut req: Request) -> Request {
+    let Some(q) = req.uri().query() else {
+        return req;
+    };
+    if !q
+        .split('&')
+        .any(|p| p == "access_token" || p.starts_with("access_token="))
+    {
+        return req;
+    }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| *p != "access_token" && !p.starts_with("access_token="))
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        req.uri().path().to_string()
+    } else {
+        format!("{}?{}", req.uri().path(), kept.join("&"))
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
 /// Middleware: 401 on a protected path without a valid key.
 pub async fn require_key(keys: Keys, req: Request, next: Next) -> Response {
     if keys.0.is_empty() || !protected(req.uri().path()) {
-        return next.run(req).await;
+        return next.run(without_token(req)).await;
     }
     match presented(&req) {
-        Some(k) if keys.accepts(&k) => next.run(req).await,
+        Some(k) if keys.accepts(&k) => next.run(without_token(req)).await,
         found => {
             let message = if found.is_some() {
                 "the API key is not valid"
@@ -146,6 +177,23 @@ mod tests {
         ] {
             assert!(!protected(p), "{p}");
         }
+    }
+
+    #[test]
+    fn handlers_never_see_the_token() {
+        let req = |uri: &str| {
+            Request::builder()
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let uri = |u: &str| without_token(req(u)).uri().to_string();
+        assert_eq!(
+            uri("/v1/events?kind=text&access_token=k"),
+            "/v1/events?kind=text"
+        );
+        assert_eq!(uri("/v1/events?access_token=k"), "/v1/events");
+        assert_eq!(uri("/v1/insights?q=dock"), "/v1/insights?q=dock");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Errors are `{"error": {"code", "message"}}` with the matching status; lists are
 //! `{"items": [...], "next_cursor": ...}`; times are RFC 3339.
 
+pub mod auth;
 pub mod insights;
+mod web;
 
 use std::sync::Arc;
 
@@ -156,9 +158,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/search", get(insights::search))
         .route("/v1/events", get(insights::events))
         .route("/openapi.json", get(openapi))
+        .route("/", get(web::index))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/style.css", get(web::style_css))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    // The query may carry an API key (access_token): never in the logs.
+                    tracing::debug_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %auth::redacted_uri(req.uri()),
+                        version = ?req.version(),
+                    )
+                },
+            ),
+        )
 }
 
 /// A temporary redirect to a presigned object URL.
@@ -183,10 +200,13 @@ pub(crate) fn redirect(url: &str) -> Response {
 
 /// Serves the API (or, with `full` false, only the health routes) on `listener` until
 /// `shutdown` completes.
+/// Requests carry API keys when `api.keys` is set, are limited per client address
+/// (`api.rate_limit`) and in body size (`api.max_body`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     full: bool,
+    config: &crate::config::ApiConfig,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let app = if full {
@@ -194,9 +214,26 @@ pub async fn serve(
     } else {
         health_router(state)
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let keys = auth::Keys::new(&config.keys);
+    let mut app = app
+        .layer(axum::middleware::from_fn(move |req, next| {
+            auth::require_key(keys.clone(), req, next)
+        }))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(config.max_body));
+    if config.rate_limit > 0 {
+        let limiter = tower_governor::governor::GovernorConfigBuilder::default()
+            .per_millisecond((1000 / u64::from(config.rate_limit)).max(1))
+            .burst_size(config.rate_limit.saturating_mul(2))
+            .finish()
+            .ok_or_else(|| std::io::Error::other("api.rate_limit: cannot build the limiter"))?;
+        app = app.layer(tower_governor::GovernorLayer::new(limiter).error_handler(auth::too_many));
+    }
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 /// Liveness.
