@@ -219,7 +219,9 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(move |req, next| {
             auth::require_key(keys.clone(), req, next)
         }))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(config.max_body));
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            config.max_body,
+        ));
     if config.rate_limit > 0 {
         let limiter = tower_governor::governor::GovernorConfigBuilder::default()
             .per_millisecond((1000 / u64::from(config.rate_limit)).max(1))
