@@ -154,7 +154,11 @@ fn cluster_shares_cameras_survives_failures_and_answers() {
                 .keys(BUCKET, "clips/lobby/")
                 .iter()
                 .filter_map(|k| {
-                    let (a, b) = k.rsplit('/').next()?.strip_suffix(".mp4")?.split_once('-')?;
+                    let (a, b) = k
+                        .rsplit('/')
+                        .next()?
+                        .strip_suffix(".mp4")?
+                        .split_once('-')?;
                     Some((a.parse().ok()?, b.parse().ok()?))
                 })
                 .filter(|&(a, b): &(i64, i64)| b > down_at && a < back_at)
