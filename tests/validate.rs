@@ -123,3 +123,64 @@ fn the_cluster_config_is_valid_with_its_secrets_and_names_them_without() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("S3_SECRET_ACCESS_KEY is not set"), "{err}");
 }
+
+#[test]
+fn the_nvidia_profile_validates_and_names_a_missing_element() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nvidia.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{}\"\n[media]\nprofile = \"nvidia\"\n\
+             [infer]\nenabled = false\n[[cameras]]\nid = \"lobby\"\nurl = \"rtsp://127.0.0.1:9/lobby\"\n",
+            dir.path().join("data").display(),
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let has_nvcodec = Command::new("gst-inspect-1.0")
+        .arg("nvh264dec")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_nvcodec {
+        eprintln!("skipped: this machine has GStreamer's nvcodec plugin");
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("panoptes kept running with the nvidia profile and no NVIDIA plugins");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("no element \"nvh264dec\""), "{err}");
+}
