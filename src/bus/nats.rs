@@ -210,10 +210,7 @@ impl NatsBus {
         if !self.is_connected() {
             return Err(self.refused(label, "unavailable", "not connected to NATS".into()));
         }
-        let mut map = HeaderMap::new();
-        for (k, v) in &headers {
-            map.insert(k.as_str(), v.as_str());
-        }
+        let map = header_map(&headers);
         let message = PublishMessage::build().payload(payload).headers(map);
         let ack = match self.js.send_publish(subject, message).await {
             Ok(ack) => ack,
@@ -242,17 +239,20 @@ impl NatsBus {
         }
     }
 
+    async fn stream(&self, kind: StreamKind) -> Result<jetstream::stream::Stream, BusError> {
+        self.js
+            .get_stream(stream_name(kind))
+            .await
+            .map_err(|e| nats_error("cannot open stream", e))
+    }
+
     /// A durable pull consumer; processes using the same `durable` name share the work.
     pub async fn consumer(
         &self,
         kind: StreamKind,
         durable: &str,
     ) -> Result<NatsConsumer, BusError> {
-        let stream = self
-            .js
-            .get_stream(stream_name(kind))
-            .await
-            .map_err(|e| nats_error("cannot open stream", e))?;
+        let stream = self.stream(kind).await?;
         let config = consumer::pull::Config {
             durable_name: Some(durable.to_string()),
             ack_policy: consumer::AckPolicy::Explicit,
@@ -279,11 +279,7 @@ impl NatsBus {
     /// Every message published from now on, for this process only, without acknowledgement
     /// (live feeds such as `/v1/events`).
     pub async fn live(&self, kind: StreamKind) -> Result<NatsConsumer, BusError> {
-        let stream = self
-            .js
-            .get_stream(stream_name(kind))
-            .await
-            .map_err(|e| nats_error("cannot open stream", e))?;
+        let stream = self.stream(kind).await?;
         let config = consumer::pull::Config {
             deliver_policy: consumer::DeliverPolicy::New,
             ack_policy: consumer::AckPolicy::None,
@@ -322,10 +318,7 @@ impl NatsBus {
         headers.push(("error".into(), error.replace(['\r', '\n'], " ")));
         headers.push(("delivery-count".into(), deliveries.to_string()));
         let subject = format!("panoptes.dlq.{}", kind.as_str());
-        let mut map = HeaderMap::new();
-        for (k, v) in &headers {
-            map.insert(k.as_str(), v.as_str());
-        }
+        let map = header_map(&headers);
         let sent = match self
             .js
             .send_publish(
@@ -367,6 +360,14 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
             ))
         }),
     }
+}
+
+fn header_map(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(k.as_str(), v.as_str());
+    }
+    map
 }
 
 fn headers_of(map: &HeaderMap) -> Headers {
