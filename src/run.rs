@@ -247,7 +247,17 @@ pub async fn run(config_path: PathBuf, config: Config, roles: Roles) -> anyhow::
     shutdown.cancel();
     if let Some(worker) = insights.and_then(|i| i.worker) {
         // The batch in hand is finished, stored and acknowledged.
-        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+        if tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "inference did not finish its batch within 5 s; the bus redelivers it after ack_wait"
+            );
+        }
+    }
+    if let Err(e) = bus.flush(Duration::from_secs(2)).await {
+        tracing::warn!(error = %e, "bus: the last acknowledgements may not have reached the server");
     }
     let _ = tokio::time::timeout(Duration::from_secs(3), api_task).await;
     let _ = upkeep.await;
@@ -349,6 +359,7 @@ async fn start_insights(
             store: insights,
             embedder: Some(embedder),
             events,
+            closing: shutdown.clone(),
         })
     } else {
         None

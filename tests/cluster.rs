@@ -28,15 +28,6 @@ fn owners(api: &Panoptes, cameras: usize) -> Option<BTreeMap<String, String>> {
     (streaming.len() == cameras).then_some(streaming)
 }
 
-fn metric(p: &Panoptes, line_start: &str) -> f64 {
-    let (_, body) = p.get_bytes("/metrics");
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| l.starts_with(line_start))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn cluster_shares_cameras_survives_failures_and_answers() {
     let fx = fixtures();
@@ -135,7 +126,7 @@ fn cluster_shares_cameras_survives_failures_and_answers() {
     // NATS restarts mid-run: frames sampled meanwhile are counted as dropped, every stored
     // insight stays, and no id appears twice.
     let before = all_ids(&api);
-    let dropped_before = metric(&edge_a, "panoptes_bus_dropped_total{");
+    let dropped_before = edge_a.metric("panoptes_bus_dropped_total{");
     nats_restart(nats, &edge_a, dropped_before, &api, &before);
 
     // The object store goes away for 30 s: clips wait in the edge nodes' spools and are all
@@ -174,7 +165,7 @@ fn cluster_shares_cameras_survives_failures_and_answers() {
     }
     for edge in [&edge_a, &edge_b] {
         wait_for(Duration::from_secs(60), "an empty upload spool", || {
-            (metric(edge, "panoptes_store_pending_uploads") == 0.0).then_some(())
+            (edge.metric("panoptes_store_pending_uploads") == 0.0).then_some(())
         });
     }
 
@@ -192,7 +183,7 @@ fn nats_restart(
     wait_for(
         Duration::from_secs(20),
         "samples counted as dropped while NATS is down",
-        || (metric(edge, "panoptes_bus_dropped_total{") > dropped_before).then_some(()),
+        || (edge.metric("panoptes_bus_dropped_total{") > dropped_before).then_some(()),
     );
     nats.start_again();
     let back = chrono::Utc::now().timestamp_millis();

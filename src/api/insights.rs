@@ -34,6 +34,8 @@ pub struct InsightApi {
     pub embedder: Option<Arc<Embedder>>,
     /// New insights as they are stored.
     pub events: broadcast::Sender<Insight>,
+    /// Cancelled at shutdown: event streams end so the server can stop.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// A clip link as shown: the stored link plus the clip's id and URL.
@@ -488,6 +490,8 @@ pub async fn events(
                     })))
             }
         });
+    // Open event streams would hold a graceful shutdown until its time limit.
+    let stream = futures::StreamExt::take_until(stream, api.closing.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -181,6 +181,15 @@ impl Bus {
             Bus::Nats(b) => b.is_connected(),
         }
     }
+
+    /// Waits up to `timeout` until everything published, acked or nak'ed has left this
+    /// process; called before exiting.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(_) => Ok(()),
+            Bus::Nats(b) => b.flush(timeout).await,
+        }
+    }
 }
 
 /// A pull consumer.
@@ -197,6 +206,16 @@ impl Consumer {
         match self {
             Consumer::Memory(c) => c.next(timeout).await.map(Delivery::Memory),
             Consumer::Nats(c) => c.next(timeout).await.map(|d| Delivery::Nats(Box::new(d))),
+        }
+    }
+
+    /// Stops consuming: what was received but not taken goes back to the bus for another
+    /// worker at once. Returns how many messages went back. (The in-process bus hands out
+    /// one message at a time, so it holds none.)
+    pub async fn release(self) -> usize {
+        match self {
+            Consumer::Memory(_) => 0,
+            Consumer::Nats(c) => c.release().await,
         }
     }
 }

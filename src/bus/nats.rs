@@ -28,6 +28,12 @@ const DLQ_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest pause before a failed message is redelivered.
 const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
 
+/// Messages asked for in one pull.
+const PULL_BATCH: usize = 16;
+
+/// Shortest life of a pull request: shorter waits reuse the pull in progress.
+const MIN_PULL_EXPIRY: Duration = Duration::from_millis(200);
+
 /// A connection to NATS with the Panoptes streams in place.
 #[derive(Clone)]
 pub struct NatsBus {
@@ -185,6 +191,18 @@ impl NatsBus {
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    /// Sends what the client still buffers (acks and naks are fire-and-forget publishes:
+    /// a process that exits without this loses its last ones, and the server redelivers).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        match tokio::time::timeout(timeout, self.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable(format!(
+                "flush not done within {timeout:?}"
+            ))),
+        }
     }
 
     fn refused(&self, stream: &str, reason: &'static str, error: String) -> BusError {
@@ -386,7 +404,7 @@ fn headers_of(map: &HeaderMap) -> Headers {
 pub struct NatsConsumer {
     kind: StreamKind,
     consumer: consumer::Consumer<consumer::pull::Config>,
-    messages: Option<consumer::pull::Stream>,
+    messages: Option<consumer::pull::Batch>,
     acks: bool,
     bus: NatsBus,
 }
@@ -397,14 +415,17 @@ impl NatsConsumer {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.messages.is_none() {
-                // Small pulls: a prefetched message waits in this process, and its ack_wait
-                // runs while it does.
+                // Pulls of at most 16 that end (filled or expired) on their own: a prefetched
+                // message waits in this process while its ack_wait runs, and at shutdown
+                // `release` can hand back everything the server has sent.
+                let expires = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(MIN_PULL_EXPIRY);
                 match self
                     .consumer
-                    .stream()
-                    .max_messages_per_batch(16)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
+                    .batch()
+                    .max_messages(PULL_BATCH)
+                    .expires(expires)
                     .messages()
                     .await
                 {
@@ -468,6 +489,33 @@ impl NatsConsumer {
                 bus: self.bus.clone(),
             });
         }
+    }
+}
+
+impl NatsConsumer {
+    /// Hands back what the server has sent this process and no one has taken yet: each is
+    /// nak'ed without delay, so another worker gets it now rather than after `ack_wait`.
+    /// The pull in progress ends on its own (filled or expired), which bounds the wait.
+    /// Returns how many were handed back.
+    pub async fn release(mut self) -> usize {
+        let Some(mut messages) = self.messages.take() else {
+            return 0;
+        };
+        let mut released = 0;
+        let limit = MIN_PULL_EXPIRY + Duration::from_secs(1);
+        while let Ok(Some(next)) = tokio::time::timeout(limit, messages.next()).await {
+            if let Ok(m) = next
+                && self.acks
+                && m.ack_with(AckKind::Nak(None)).await.is_ok()
+            {
+                released += 1;
+            }
+        }
+        if released > 0 {
+            metrics::counter!("panoptes_bus_released_total", "stream" => self.kind.as_str())
+                .increment(released as u64);
+        }
+        released
     }
 }
 

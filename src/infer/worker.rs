@@ -158,6 +158,12 @@ impl Worker {
                     for d in batch {
                         let _ = d.ack().await;
                     }
+                    if shutdown.is_cancelled() {
+                        tracing::info!(
+                            frames = n,
+                            "shutdown: the frame batch in hand is stored and acknowledged"
+                        );
+                    }
                     self.announce(stored).await;
                 }
                 Ok(Err(e)) => {
@@ -175,6 +181,11 @@ impl Worker {
                 }
             }
         }
+        let released = consumer.release().await;
+        tracing::info!(
+            released,
+            "frame consumer stopped; frames received but not started went back to the bus"
+        );
     }
 
     async fn audio_loop(self: Arc<Self>, shutdown: CancellationToken) {
@@ -217,6 +228,7 @@ impl Worker {
                 }
             }
         }
+        consumer.release().await;
     }
 
     /// Publishes stored insights for live listeners (`/v1/events`).

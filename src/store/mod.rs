@@ -15,7 +15,10 @@ pub mod insights;
 pub mod qdrant;
 pub mod s3;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 use serde::Serialize;
@@ -79,6 +82,56 @@ pub enum ObjectStore {
 pub struct LocalStore {
     root: PathBuf,
     spool: PathBuf,
+    /// Clip names per day folder, so linking a page of insights to clips reads a folder
+    /// once rather than once per insight.
+    spans: Arc<SpanCache>,
+}
+
+/// `(start_ms, end_ms)` of the clips in one day folder, valid while the folder's mtime is
+/// unchanged.
+#[derive(Debug, Default)]
+struct SpanCache(Mutex<HashMap<PathBuf, (SystemTime, Arc<Vec<(i64, i64)>>)>>);
+
+/// Folders changed more recently than this are read afresh: a clip stored within the
+/// same timestamp tick as the last read would not change the mtime the cache compares.
+const SPAN_CACHE_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Day folders remembered at most (one per camera and day; old ones fall out).
+const SPAN_CACHE_MAX: usize = 16_384;
+
+impl SpanCache {
+    fn day(&self, dir: &Path) -> Arc<Vec<(i64, i64)>> {
+        let Ok(mtime) = std::fs::metadata(dir).and_then(|m| m.modified()) else {
+            self.lock().remove(dir);
+            return Arc::default();
+        };
+        if let Some((at, spans)) = self.lock().get(dir)
+            && *at == mtime
+        {
+            return Arc::clone(spans);
+        }
+        let mut spans: Vec<(i64, i64)> = read_names(dir)
+            .iter()
+            .filter_map(|n| parse_clip_name(n))
+            .collect();
+        spans.sort_unstable();
+        let spans = Arc::new(spans);
+        let settled = mtime.elapsed().is_ok_and(|age| age >= SPAN_CACHE_SETTLE);
+        if settled {
+            let mut map = self.lock();
+            if map.len() >= SPAN_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(dir.to_path_buf(), (mtime, Arc::clone(&spans)));
+        }
+        spans
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (SystemTime, Arc<Vec<(i64, i64)>>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One clip, as the API shows it.
@@ -232,7 +285,11 @@ impl ObjectStore {
         let spool = data_dir.join("spool");
         std::fs::create_dir_all(&root)?;
         std::fs::create_dir_all(&spool)?;
-        Ok(ObjectStore::Local(LocalStore { root, spool }))
+        Ok(ObjectStore::Local(LocalStore {
+            root,
+            spool,
+            spans: Arc::default(),
+        }))
     }
 
     /// A directory for files being written before they are stored.
@@ -343,9 +400,13 @@ impl LocalStore {
         let root = self.root.join("clips").join(camera);
         let mut out: Vec<(i64, i64)> = clip_days(from_ms, to_ms)
             .iter()
-            .flat_map(|d| read_names(&root.join(d)))
-            .filter_map(|name| parse_clip_name(&name))
-            .filter(|&(a, b)| overlaps(a, b, from_ms, to_ms))
+            .flat_map(|d| {
+                let day = self.spans.day(&root.join(d));
+                day.iter()
+                    .copied()
+                    .filter(|&(a, b)| overlaps(a, b, from_ms, to_ms))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         out.sort_unstable();
         out
@@ -490,5 +551,45 @@ mod tests {
         store.put_bytes(&snapshot_key("cam", a), b"jpg").unwrap();
         assert_eq!(store.delete_before(a + 10_001), 2);
         assert_eq!(store.list_clips(Some("cam"), a, b + 1).len(), 2);
+    }
+
+    #[test]
+    fn remembered_clip_names_follow_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::local(dir.path()).unwrap();
+        let a = 1_700_000_000_000;
+        let first = clip_key("cam", a, a + 10_000);
+        store.put_bytes(&first, b"mp4").unwrap();
+        let ObjectStore::Local(local) = &store else {
+            unreachable!()
+        };
+        let day = local.local_path(&first).unwrap();
+        let day = day.parent().unwrap();
+        let age = |d: &Path, secs| {
+            std::fs::File::open(d)
+                .unwrap()
+                .set_modified(SystemTime::now() - std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        // A settled folder is read once and remembered.
+        age(day, 60);
+        assert_eq!(store.clip_spans("cam", a, a + 1), vec![(a, a + 10_000)]);
+        assert_eq!(local.spans.lock().len(), 1);
+        // A clip stored since changes the folder, so the next answer has it.
+        store
+            .put_bytes(&clip_key("cam", a + 10_000, a + 20_000), b"mp4")
+            .unwrap();
+        assert_eq!(
+            store.clip_spans("cam", a, a + 30_000),
+            vec![(a, a + 10_000), (a + 10_000, a + 20_000)]
+        );
+        // And so does retention.
+        age(day, 60);
+        assert_eq!(store.clip_spans("cam", a, a + 30_000).len(), 2);
+        assert_eq!(store.delete_before(a + 10_001), 1);
+        assert_eq!(
+            store.clip_spans("cam", a, a + 30_000),
+            vec![(a + 10_000, a + 20_000)]
+        );
     }
 }

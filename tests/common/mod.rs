@@ -350,13 +350,42 @@ impl Panoptes {
         let _ = self.child.wait();
     }
 
-    /// Sends SIGTERM and waits for the exit; returns (success, seconds taken).
-    pub fn stop(&mut self) -> (bool, f64) {
-        let started = Instant::now();
+    /// The sum of the `/metrics` samples whose line starts with `line_start`.
+    pub fn metric(&self, line_start: &str) -> f64 {
+        let (_, body) = self.get_bytes("/metrics");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with(line_start))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns (success, seconds taken).
+    pub fn stop(&mut self) -> (bool, f64) {
+        let started = Instant::now();
+        self.terminate();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
