@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release/panoptes
 FIXTURES := tests/fixtures/out
 
-.PHONY: run test setup build fixtures models services browser-deps bench bench-ingest bench-infer bench-insights bench-bus lint clean-data
+.PHONY: run test setup build fixtures models services browser-deps bench bench-ingest bench-infer bench-insights bench-bus bench-soak lint clean-data
 
 run: build fixtures models
 	deploy/demo.sh "$(BIN)" "$(FIXTURES)"
@@ -46,6 +46,10 @@ browser-deps: setup
 	fi
 
 bench: bench-infer bench-insights bench-ingest bench-bus
+
+# Not in `bench`: it runs for 15 minutes.
+bench-soak: build fixtures models
+	cargo bench --locked --bench soak
 
 bench-ingest: build fixtures
 	cargo bench --locked --bench ingest

@@ -258,6 +258,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    // Sampled when scraped: a task count that only grows is a leak.
+    let runtime = tokio::runtime::Handle::current().metrics();
+    metrics::gauge!("panoptes_runtime_tasks").set(runtime.num_alive_tasks() as f64);
     (
         [(
             header::CONTENT_TYPE,

@@ -27,6 +27,8 @@ struct Stream {
     state: Mutex<State>,
     notify: Notify,
     published: Counter,
+    /// Messages held, waiting or in flight (`panoptes_bus_queued`).
+    queued: metrics::Gauge,
     dropped: Counter,
     acked: Counter,
     redelivered: Counter,
@@ -66,6 +68,7 @@ impl MemoryBus {
                     state: Mutex::new(State::default()),
                     notify: Notify::new(),
                     published: metrics::counter!("panoptes_bus_published_total", "stream" => label),
+                    queued: metrics::gauge!("panoptes_bus_queued", "stream" => label),
                     dropped: metrics::counter!("panoptes_bus_dropped_total", "stream" => label),
                     acked: metrics::counter!("panoptes_bus_acked_total", "stream" => label),
                     redelivered: metrics::counter!("panoptes_bus_redelivered_total", "stream" => label),
@@ -107,6 +110,9 @@ impl MemoryBus {
             let seq = st.next_seq;
             st.next_seq += 1;
             st.ready.push_back((seq, msg, 0));
+            stream
+                .queued
+                .set((st.ready.len() + st.in_flight.len()) as f64);
         }
         stream.published.increment(1);
         if dropped {

@@ -198,6 +198,8 @@ struct Queue {
     jobs: Mutex<(VecDeque<DecodeJob>, bool)>,
     ready: Condvar,
     capacity: usize,
+    /// Jobs waiting (`panoptes_media_decode_queue`).
+    depth: metrics::Gauge,
 }
 
 /// A bounded pool of decoder pipelines on their own threads (GStreamer calls block).
@@ -221,6 +223,7 @@ impl DecoderPool {
             jobs: Mutex::new((VecDeque::with_capacity(config.queue), false)),
             ready: Condvar::new(),
             capacity: config.queue,
+            depth: metrics::gauge!("panoptes_media_decode_queue"),
         });
         let (tx, rx) = mpsc::channel(config.queue.max(16));
         let mut workers = Vec::new();
@@ -262,6 +265,7 @@ impl DecoderPool {
             None
         };
         q.0.push_back(job);
+        self.queue.depth.set(q.0.len() as f64);
         drop(q);
         self.submitted.increment(1);
         self.queue.ready.notify_one();
@@ -309,6 +313,7 @@ impl Worker {
                 let mut q = self.queue.jobs.lock().expect("decoder queue poisoned");
                 loop {
                     if let Some(j) = q.0.pop_front() {
+                        self.queue.depth.set(q.0.len() as f64);
                         break j;
                     }
                     if q.1 {
