@@ -5,6 +5,12 @@
 //! feeds every access unit to the recorder and the sampler, and every audio frame to the
 //! audio decoder. A stream that stops sending raises no error in retina, so a watchdog
 //! (`stall_timeout`) ends the session. Failures wait a jittered, doubling delay.
+//!
+//! Bad input is counted by [`FaultKind`] and survived where the stream can go on: a malformed
+//! RTP packet or a broken access unit is dropped (retina's depacketizer is left consistent
+//! after such an error), and an RTP timestamp jump re-bases the session's timeline so capture
+//! times and clips stay continuous. A resolution change starts a new clip. Data that is no
+//! longer the announced codec, and anything retina cannot go on from, end the session.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::EdgeShared;
 use super::recorder::{Clock, Recorder};
-use super::status::{AudioInfo, CameraState, CameraStatus, VideoInfo};
+use super::status::{AudioInfo, CameraState, CameraStatus, FaultKind, VideoInfo};
 use crate::bus::StreamKind;
 use crate::config::{CameraConfig, Transport};
 use crate::media::audio::{AudioDecoder, SAMPLE_RATE};
@@ -38,6 +44,9 @@ pub enum SessionError {
     /// DESCRIBE, SETUP or PLAY failed.
     #[error("connect failed: {0}")]
     Connect(String),
+    /// The camera answered DESCRIBE, but not with a description retina can use.
+    #[error("the answer to DESCRIBE is not a usable SDP description: {0}")]
+    BadSdp(String),
     /// DESCRIBE, SETUP and PLAY did not complete in time.
     #[error("no answer within {0:?} (connect timeout)")]
     ConnectTimeout(Duration),
@@ -50,6 +59,29 @@ pub enum SessionError {
     /// Frames stopped arriving.
     #[error("no video frame for {0:?}; the stream stalled")]
     Stalled(Duration),
+    /// Packets kept arriving, but none made a usable frame.
+    #[error("no usable video frame for {wait:?}: {rejected} packets rejected, the last: {last}")]
+    Unusable {
+        /// How long without a usable frame.
+        wait: Duration,
+        /// Packets rejected in that time.
+        rejected: u64,
+        /// The last rejection.
+        last: String,
+    },
+    /// The data is not the codec the description announced.
+    #[error(
+        "the stream is no longer {announced}: {count} access units in a row without {announced} \
+         picture data{looks}; reconnecting to read the camera's new description"
+    )]
+    CodecChanged {
+        /// The codec of the description.
+        announced: &'static str,
+        /// Access units seen without a picture of that codec.
+        count: u32,
+        /// What the data looks like instead, when it is recognised.
+        looks: String,
+    },
     /// The RTSP connection failed mid-stream.
     #[error("stream failed: {0}")]
     Stream(String),
@@ -57,6 +89,38 @@ pub enum SessionError {
     #[error("the server ended the stream")]
     Ended,
 }
+
+impl SessionError {
+    /// How the API and the metrics count it.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            SessionError::Url(_) => FaultKind::InvalidUrl,
+            SessionError::Connect(_) => FaultKind::Connect,
+            SessionError::BadSdp(_) => FaultKind::BadSdp,
+            SessionError::ConnectTimeout(_) => FaultKind::ConnectTimeout,
+            SessionError::NoVideo(_) => FaultKind::NoVideo,
+            SessionError::FirstFrameTimeout(_) => FaultKind::FirstFrameTimeout,
+            SessionError::Stalled(_) | SessionError::Unusable { .. } => FaultKind::Stalled,
+            SessionError::CodecChanged { .. } => FaultKind::CodecChanged,
+            SessionError::Stream(_) => FaultKind::Stream,
+            SessionError::Ended => FaultKind::Ended,
+        }
+    }
+}
+
+/// Access units in a row without a picture of the announced codec before the session is
+/// ended as a codec change (one such unit can be a stray SEI; a changed camera sends them all).
+const FOREIGN_LIMIT: u32 = 3;
+
+/// A timestamp this far behind the previous frame's is a jump, not B-frame reordering.
+const MAX_BACKWARD_SECS: f64 = 0.5;
+
+/// A timestamp this much further ahead than the wall-clock time between two frames is a jump,
+/// not a gap in the stream (a gap moves both clocks alike).
+const MAX_AHEAD_SECS: f64 = 1.0;
+
+/// Packet errors are logged at most this often per camera (they can come by the hundred).
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The supervisor of one camera.
 pub struct CameraTask {
@@ -75,6 +139,8 @@ struct Metrics {
     audio_chunks: metrics::Counter,
     audio_errors: metrics::Counter,
     dropped_queue: metrics::Counter,
+    parameter_changes: metrics::Counter,
+    camera: String,
 }
 
 impl Metrics {
@@ -87,8 +153,18 @@ impl Metrics {
             reconnects: metrics::counter!("panoptes_edge_reconnects_total", "camera" => c.clone()),
             audio_chunks: metrics::counter!("panoptes_media_audio_chunks_total", "camera" => c.clone()),
             audio_errors: metrics::counter!("panoptes_media_audio_errors_total", "camera" => c.clone()),
-            dropped_queue: metrics::counter!("panoptes_media_dropped_total", "camera" => c, "reason" => "decode_queue_full"),
+            dropped_queue: metrics::counter!("panoptes_media_dropped_total", "camera" => c.clone(), "reason" => "decode_queue_full"),
+            parameter_changes: metrics::counter!("panoptes_edge_parameter_changes_total", "camera" => c.clone()),
+            camera: c,
         }
+    }
+}
+
+impl Metrics {
+    fn fault(&self, kind: FaultKind) {
+        // Faults are rare next to frames: a registry lookup per fault is cheap enough.
+        metrics::counter!("panoptes_edge_stream_errors_total", "camera" => self.camera.clone(), "kind" => kind.as_str())
+            .increment(1);
     }
 }
 
@@ -109,14 +185,16 @@ impl CameraTask {
                 Ok(()) => SessionError::Ended,
                 Err(e) => e,
             };
+            let kind = error.kind();
             let message = self.scrub(&error.to_string());
             // A session that streamed for a while was healthy: start the backoff afresh.
             if started.elapsed() > edge.backoff_max {
                 backoff = edge.backoff_initial;
             }
             let delay = jitter(backoff);
-            tracing::warn!(camera = %self.id, error = %message, retry_in_ms = delay.as_millis() as u64, "camera session ended");
-            self.status.set_error(message);
+            tracing::warn!(camera = %self.id, kind = kind.as_str(), error = %message, retry_in_ms = delay.as_millis() as u64, "camera session ended");
+            self.status.record_fault(kind, message);
+            metrics.fault(kind);
             self.status.set_state(CameraState::Backoff);
             self.status
                 .counters
@@ -156,10 +234,21 @@ impl CameraTask {
         let options = SessionOptions::default()
             .creds(creds)
             .user_agent(format!("panoptes/{}", env!("CARGO_PKG_VERSION")));
-        let connect_err = |e: retina::Error| SessionError::Connect(e.to_string());
+        let connect_err = |e: retina::Error| {
+            tracing::debug!(camera = %self.id, error = %self.scrub(&e.to_string()), "connect failed");
+            SessionError::Connect(summary(&e))
+        };
         let mut session = retina::client::Session::describe(url, options)
             .await
-            .map_err(connect_err)?;
+            .map_err(|e| {
+                // An error with a success status is an answer retina could not parse.
+                if e.status_code() == Some(200) {
+                    tracing::debug!(camera = %self.id, error = %self.scrub(&e.to_string()), "unusable DESCRIBE answer");
+                    SessionError::BadSdp(summary(&e))
+                } else {
+                    connect_err(e)
+                }
+            })?;
         let streams = session.streams();
         let video = streams.iter().enumerate().find_map(|(i, s)| {
             if s.media() != "video" {
@@ -237,6 +326,13 @@ impl CameraTask {
             dims: (0, 0),
             last_ts: None,
             frame_delta: None,
+            video_timeline: Rebase::default(),
+            audio_timeline: Rebase::default(),
+            foreign: 0,
+            rejected: 0,
+            last_rejection: None,
+            unlogged_errors: 0,
+            errors_logged_at: None,
         };
         let mut last_video = tokio::time::Instant::now();
         let mut streaming = false;
@@ -257,10 +353,14 @@ impl CameraTask {
                 _ = &mut cancelled => break Ok(()),
                 _ = &mut watchdog => {
                     if last_video.elapsed() >= wait {
-                        break Err(if streaming {
-                            SessionError::Stalled(wait)
-                        } else {
-                            SessionError::FirstFrameTimeout(wait)
+                        break Err(match state.last_rejection.take() {
+                            Some(last) => SessionError::Unusable {
+                                wait,
+                                rejected: state.rejected,
+                                last,
+                            },
+                            None if streaming => SessionError::Stalled(wait),
+                            None => SessionError::FirstFrameTimeout(wait),
                         });
                     }
                     watchdog.as_mut().reset(last_video + wait);
@@ -270,18 +370,31 @@ impl CameraTask {
             };
             let item = match item {
                 None => break Err(SessionError::Ended),
-                Some(Err(e)) => break Err(SessionError::Stream(e.to_string())),
+                Some(Err(e)) => match recoverable(&e) {
+                    Some(kind) => {
+                        self.on_packet_error(&mut state, kind, &e, metrics);
+                        continue;
+                    }
+                    None => {
+                        tracing::debug!(camera = %self.id, error = %self.scrub(&e.to_string()), "stream failed");
+                        break Err(SessionError::Stream(summary(&e)));
+                    }
+                },
                 Some(Ok(item)) => item,
             };
             match item {
                 CodecItem::VideoFrame(frame) if frame.stream_id() == video_i => {
+                    match self.on_video(&mut state, &demuxed, video_i, frame, metrics) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => break Err(e),
+                    }
                     last_video = tokio::time::Instant::now();
                     if !streaming {
                         streaming = true;
                         self.status.set_state(CameraState::Streaming);
                         tracing::info!(camera = %self.id, "camera streaming");
                     }
-                    self.on_video(&mut state, &demuxed, video_i, frame, metrics);
                 }
                 CodecItem::AudioFrame(frame) if Some(frame.stream_id()) == audio_i => {
                     self.on_audio(&mut state, &demuxed, frame, metrics).await;
@@ -300,6 +413,44 @@ impl CameraTask {
         result
     }
 
+    /// Counts a packet retina rejected; the session goes on without it.
+    fn on_packet_error(
+        &self,
+        st: &mut SessionState,
+        kind: FaultKind,
+        e: &retina::Error,
+        metrics: &Metrics,
+    ) {
+        let what = match kind {
+            FaultKind::BadRtpHeader => "dropped a malformed RTP packet",
+            _ => "dropped an access unit",
+        };
+        let text = e.to_string();
+        let seq = text
+            .lines()
+            .find_map(|l| l.strip_prefix("seq: "))
+            .map(|s| format!(" (RTP seq {s})"))
+            .unwrap_or_default();
+        let message = self.scrub(&format!("{what}: {}{seq}", summary(e)));
+        st.rejected += 1;
+        st.unlogged_errors += 1;
+        if st
+            .errors_logged_at
+            .is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL)
+        {
+            tracing::warn!(camera = %self.id, kind = kind.as_str(), errors = st.unlogged_errors, error = %message, "bad packets dropped; the session goes on");
+            st.errors_logged_at = Some(Instant::now());
+            st.unlogged_errors = 0;
+        } else {
+            tracing::debug!(camera = %self.id, kind = kind.as_str(), error = %self.scrub(&text), "bad packet dropped");
+        }
+        self.status.record_fault(kind, message.clone());
+        metrics.fault(kind);
+        st.last_rejection = Some(message);
+    }
+
+    /// Handles one access unit; `Ok(false)` when it was dropped as not a picture of the
+    /// session's codec.
     fn on_video(
         &self,
         st: &mut SessionState,
@@ -307,12 +458,48 @@ impl CameraTask {
         video_i: usize,
         frame: VideoFrame,
         metrics: &Metrics,
-    ) {
+    ) -> Result<bool, SessionError> {
         let counters = &self.status.counters;
+        if !has_picture(st.codec, frame.data()) {
+            st.foreign += 1;
+            let other = match st.codec {
+                VideoCodec::H264 => VideoCodec::H265,
+                VideoCodec::H265 => VideoCodec::H264,
+            };
+            tracing::debug!(camera = %self.id, codec = st.codec.as_str(), in_a_row = st.foreign, "access unit without a picture dropped");
+            if st.foreign >= FOREIGN_LIMIT {
+                return Err(SessionError::CodecChanged {
+                    announced: codec_name(st.codec),
+                    count: st.foreign,
+                    looks: if has_picture(other, frame.data()) {
+                        format!(" (the data looks like {})", codec_name(other))
+                    } else {
+                        String::new()
+                    },
+                });
+            }
+            return Ok(false);
+        }
+        st.foreign = 0;
+        st.rejected = 0;
+        st.last_rejection = None;
         let key = frame.is_random_access_point()
             || (st.codec == VideoCodec::H265 && crate::media::h265_is_irap(frame.data()));
-        let ts = frame.timestamp().timestamp();
         let rate = frame.timestamp().clock_rate().get();
+        let (ts, jump) = st.video_timeline.apply(
+            frame.timestamp().timestamp(),
+            rate,
+            Instant::now(),
+            st.frame_delta,
+        );
+        if let Some(secs) = jump {
+            let message = format!(
+                "the RTP timestamp jumped {secs:+.3} s; the timeline was re-based so capture times and clips stay continuous"
+            );
+            tracing::warn!(camera = %self.id, jump_s = secs, "video timestamp jump");
+            self.status.record_fault(FaultKind::TimestampJump, message);
+            metrics.fault(FaultKind::TimestampJump);
+        }
         counters.frames_received.fetch_add(1, Ordering::Relaxed);
         counters
             .bytes
@@ -331,7 +518,7 @@ impl CameraTask {
             rate,
         });
         if st.recorder.is_none() && st.codec_data.is_empty() || frame.has_new_parameters() {
-            self.update_parameters(st, demuxed, video_i, ts, clock);
+            self.update_parameters(st, demuxed, video_i, ts, clock, metrics);
         }
         self.track_fps(st, ts, rate);
         if key && let Some(avg) = st.frame_delta {
@@ -344,7 +531,7 @@ impl CameraTask {
             r.push(ts, key, data.clone());
         }
         if st.codec_data.is_empty() {
-            return;
+            return Ok(true);
         }
         if let Some(frames) = st.sampler.on_frame(ts, key, &data) {
             let job = DecodeJob {
@@ -367,6 +554,7 @@ impl CameraTask {
                 }
             }
         }
+        Ok(true)
     }
 
     fn update_parameters(
@@ -376,11 +564,22 @@ impl CameraTask {
         video_i: usize,
         ts: i64,
         clock: Clock,
+        metrics: &Metrics,
     ) {
         let Some(ParametersRef::Video(v)) = demuxed.streams()[video_i].parameters() else {
             return;
         };
         let dims = v.pixel_dimensions();
+        if !st.codec_data.is_empty() && st.codec_data != v.extra_data() {
+            // Cameras change resolution or profile in-band (a new SPS); the recorder starts a
+            // new clip and the decoder pool a new decoder for the new parameters.
+            tracing::info!(camera = %self.id, from = ?st.dims, to = ?dims, "video parameters changed");
+            self.status
+                .counters
+                .parameter_changes
+                .fetch_add(1, Ordering::Relaxed);
+            metrics.parameter_changes.increment(1);
+        }
         st.dims = dims;
         st.codec_data = Bytes::copy_from_slice(v.extra_data());
         let interval_ticks = (st.sample_interval.as_secs_f64() * f64::from(clock.rate)) as i64;
@@ -448,10 +647,16 @@ impl CameraTask {
         frame: retina::codec::AudioFrame,
         metrics: &Metrics,
     ) {
-        let ts = frame.timestamp().timestamp();
         if st.audio_failed {
             return;
         }
+        // Audio jumps with video on real cameras; counted once, on the video side.
+        let (ts, _) = st.audio_timeline.apply(
+            frame.timestamp().timestamp(),
+            frame.timestamp().clock_rate().get(),
+            Instant::now(),
+            Some(f64::from(frame.frame_length().get())),
+        );
         if st.audio.is_none() {
             let Some(ParametersRef::Audio(a)) = demuxed.streams()[frame.stream_id()].parameters()
             else {
@@ -543,10 +748,222 @@ struct SessionState {
     dims: (u32, u32),
     last_ts: Option<i64>,
     frame_delta: Option<f64>,
+    video_timeline: Rebase,
+    audio_timeline: Rebase,
+    /// Access units in a row without a picture of `codec`.
+    foreign: u32,
+    /// Packets rejected since the last usable frame, and the last rejection.
+    rejected: u64,
+    last_rejection: Option<String>,
+    unlogged_errors: u64,
+    errors_logged_at: Option<Instant>,
+}
+
+/// Keeps a stream's timeline continuous across RTP timestamp jumps (a camera whose clock was
+/// reset or set, a restarted encoder behind a proxy): the frame after a jump is placed one
+/// frame after the one before it, and the offset is kept for the frames that follow.
+#[derive(Debug, Default)]
+struct Rebase {
+    offset: i64,
+    last: Option<(i64, Instant)>,
+}
+
+impl Rebase {
+    /// The re-based timestamp of a frame with stream timestamp `raw` arriving at `now`, and
+    /// the jump in seconds when there was one. `step` is the usual frame duration in ticks.
+    fn apply(
+        &mut self,
+        raw: i64,
+        rate: u32,
+        now: Instant,
+        step: Option<f64>,
+    ) -> (i64, Option<f64>) {
+        let mut ts = raw + self.offset;
+        let mut jump = None;
+        if let Some((prev, at)) = self.last {
+            let rate = f64::from(rate);
+            let ahead = (ts - prev) as f64 / rate;
+            let wall = now.saturating_duration_since(at).as_secs_f64();
+            if ahead < -MAX_BACKWARD_SECS || ahead > wall + MAX_AHEAD_SECS {
+                let step = step.unwrap_or(wall * rate).round().max(1.0) as i64;
+                self.offset += prev + step - ts;
+                ts = prev + step;
+                jump = Some(ahead);
+            }
+        }
+        self.last = Some((ts, now));
+        (ts, jump)
+    }
+}
+
+/// Whether retina rejected only one packet (and its access unit) and the session can go on,
+/// and how that is counted. retina's errors are opaque; the variant name that starts their
+/// `Debug` form is the most stable thing to go by.
+fn recoverable(e: &retina::Error) -> Option<FaultKind> {
+    let debug = format!("{e:?}");
+    if debug.starts_with("PacketError") {
+        return Some(FaultKind::BadRtpHeader);
+    }
+    if !debug.starts_with("RtpPacketError") {
+        return None;
+    }
+    // A new SSRC or a sequence far off is not one bad packet: retina rejects every packet
+    // after it on TCP, so only a new session helps.
+    let first = summary(e);
+    if first.starts_with("wrong ssrc") || first.starts_with("Out-of-order packet") {
+        return None;
+    }
+    Some(FaultKind::BadPayload)
+}
+
+/// The first line of a retina error: the description, without the connection and packet
+/// context lines that follow it (those go to the debug log).
+fn summary(e: &retina::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default().trim();
+    let mut out: String = first.chars().take(300).collect();
+    if out.len() < first.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn codec_name(codec: VideoCodec) -> &'static str {
+    match codec {
+        VideoCodec::H264 => "H.264",
+        VideoCodec::H265 => "H.265",
+    }
+}
+
+/// Whether an access unit (4-byte length-prefixed NAL units) holds picture data of `codec`.
+/// An H.265 stream read as H.264 yields units of "data partition" and SEI NAL types and no
+/// slice; H.264 read as H.265 yields no valid two-byte header.
+fn has_picture(codec: VideoCodec, au: &[u8]) -> bool {
+    let mut rest = au;
+    let mut picture = false;
+    while rest.len() > 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(nal) = rest.get(4..4 + len) else {
+            return picture;
+        };
+        rest = &rest[4 + len..];
+        match codec {
+            // Non-IDR and IDR slices; data partitioning (2-4) is never used by cameras.
+            VideoCodec::H264 => {
+                if nal.first().is_some_and(|h| matches!(h & 0x1f, 1 | 5)) {
+                    picture = true;
+                }
+            }
+            VideoCodec::H265 => {
+                let [h0, h1, ..] = nal else { return false };
+                // forbidden_zero_bit 0, and a temporal id of at least 1 in every header.
+                if h0 & 0x80 != 0 || h1 & 0x07 == 0 {
+                    return false;
+                }
+                if (h0 >> 1) & 0x3f < 32 {
+                    picture = true;
+                }
+            }
+        }
+    }
+    picture
 }
 
 /// A delay between half and all of `d`, so cameras that failed together do not all
 /// reconnect in the same instant.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: u32 = 90_000;
+    const STEP: i64 = 6_000; // 15 fps
+
+    /// Feeds frames 1/15 s apart in wall time with the given stream timestamps.
+    fn run(raw: &[i64]) -> (Vec<i64>, Vec<f64>) {
+        let mut r = Rebase::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut jumps = Vec::new();
+        for (i, ts) in raw.iter().enumerate() {
+            let now = t0 + Duration::from_millis(67 * i as u64);
+            let (t, j) = r.apply(*ts, RATE, now, Some(STEP as f64));
+            out.push(t);
+            jumps.extend(j);
+        }
+        (out, jumps)
+    }
+
+    #[test]
+    fn a_steady_stream_is_left_alone() {
+        let raw: Vec<i64> = (0..30).map(|i| 1_000 + i * STEP).collect();
+        let (out, jumps) = run(&raw);
+        assert_eq!(out, raw);
+        assert!(jumps.is_empty());
+    }
+
+    #[test]
+    fn jumps_back_and_forward_are_rebased_to_one_frame() {
+        let mut raw: Vec<i64> = (0..10).map(|i| i * STEP).collect();
+        let back = raw[9] - 30 * 90_000;
+        raw.extend((0..10).map(|i| back + i * STEP));
+        let ahead = raw[19] + 3_600 * 90_000;
+        raw.extend((0..10).map(|i| ahead + i * STEP));
+        let (out, jumps) = run(&raw);
+        assert_eq!(out, (0..30).map(|i| i * STEP).collect::<Vec<_>>());
+        assert_eq!(jumps.len(), 2, "{jumps:?}");
+        assert!((jumps[0] + 30.0).abs() < 0.1 && (jumps[1] - 3600.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn a_real_gap_or_a_late_burst_is_not_a_jump() {
+        let mut r = Rebase::default();
+        let t0 = Instant::now();
+        r.apply(0, RATE, t0, None);
+        // Five seconds without frames, and the stream clock moved five seconds too.
+        let (t, j) = r.apply(5 * 90_000, RATE, t0 + Duration::from_secs(5), None);
+        assert_eq!((t, j), (5 * 90_000, None));
+        // Frames held up for three seconds, then delivered at once.
+        let (t, j) = r.apply(5 * 90_000 + STEP, RATE, t0 + Duration::from_secs(8), None);
+        assert_eq!((t, j), (5 * 90_000 + STEP, None));
+        // Slight reordering is not a jump either.
+        let (_, j) = r.apply(5 * 90_000, RATE, t0 + Duration::from_secs(8), None);
+        assert_eq!(j, None);
+    }
+
+    fn au(nals: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in nals {
+            out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+            out.extend_from_slice(n);
+        }
+        out
+    }
+
+    #[test]
+    fn pictures_are_told_from_the_other_codec() {
+        let h264_idr = au(&[&[0x06, 0x05, 0x01], &[0x65, 0x88, 0x84]]);
+        let h264_p = au(&[&[0x41, 0x9a, 0x02]]);
+        // VPS, SPS, PPS, IDR_W_RADL and TRAIL_R as an H.264 depacketizer passes them on.
+        let h265_idr = au(&[
+            &[0x40, 0x01, 0x0c],
+            &[0x42, 0x01, 0x01],
+            &[0x44, 0x01, 0xc1],
+            &[0x26, 0x01, 0xaf],
+        ]);
+        let h265_p = au(&[&[0x02, 0x01, 0xd0]]);
+        for a in [&h264_idr, &h264_p] {
+            assert!(has_picture(VideoCodec::H264, a));
+            assert!(!has_picture(VideoCodec::H265, a));
+        }
+        for a in [&h265_idr, &h265_p] {
+            assert!(has_picture(VideoCodec::H265, a));
+            assert!(!has_picture(VideoCodec::H264, a));
+        }
+        assert!(!has_picture(VideoCodec::H264, &[0, 0, 0, 9, 0x65]));
+        assert!(!has_picture(VideoCodec::H264, &[]));
+    }
 }

@@ -22,6 +22,87 @@ pub enum CameraState {
     Stopped,
 }
 
+/// What went wrong with a camera's stream: the `kind` label of
+/// `panoptes_edge_stream_errors_total` and the keys of a camera's `stream_errors_by_kind`.
+///
+/// The first three are survived inside a session (the packet or access unit is dropped, or the
+/// timeline re-based, and frames keep flowing); the others end the session, which reconnects
+/// after a backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// An RTP packet too short or malformed to have a valid header; it is dropped.
+    BadRtpHeader,
+    /// An RTP payload that is not valid H.264/H.265 packetization (a corrupt NAL header, a
+    /// fragment cut short or out of place); the access unit it belonged to is dropped.
+    BadPayload,
+    /// The RTP timestamp jumped backwards or far forwards; the stream's timeline is re-based
+    /// so capture times and clips stay continuous.
+    TimestampJump,
+    /// The data stopped being the codec the description announced (e.g. the camera was
+    /// switched from H.264 to H.265); the session reconnects to read the new description.
+    CodecChanged,
+    /// The camera answered DESCRIBE with something that is not a usable SDP description.
+    BadSdp,
+    /// DESCRIBE, SETUP or PLAY was refused or failed (connection refused, 401, 404, ...).
+    Connect,
+    /// DESCRIBE, SETUP and PLAY did not complete within `connect_timeout`.
+    ConnectTimeout,
+    /// The description offers no H.264/H.265 video.
+    NoVideo,
+    /// No video frame within `first_frame_timeout` of PLAY.
+    FirstFrameTimeout,
+    /// No usable video frame for `stall_timeout`.
+    Stalled,
+    /// The RTSP connection failed mid-stream.
+    Stream,
+    /// The server ended the stream.
+    Ended,
+    /// The camera URL does not parse.
+    InvalidUrl,
+}
+
+impl FaultKind {
+    /// Every kind, in the order of [`FaultKind::index`].
+    pub const ALL: [FaultKind; 13] = [
+        FaultKind::BadRtpHeader,
+        FaultKind::BadPayload,
+        FaultKind::TimestampJump,
+        FaultKind::CodecChanged,
+        FaultKind::BadSdp,
+        FaultKind::Connect,
+        FaultKind::ConnectTimeout,
+        FaultKind::NoVideo,
+        FaultKind::FirstFrameTimeout,
+        FaultKind::Stalled,
+        FaultKind::Stream,
+        FaultKind::Ended,
+        FaultKind::InvalidUrl,
+    ];
+
+    /// The label value and API key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::BadRtpHeader => "bad_rtp_header",
+            FaultKind::BadPayload => "bad_payload",
+            FaultKind::TimestampJump => "timestamp_jump",
+            FaultKind::CodecChanged => "codec_changed",
+            FaultKind::BadSdp => "bad_sdp",
+            FaultKind::Connect => "connect",
+            FaultKind::ConnectTimeout => "connect_timeout",
+            FaultKind::NoVideo => "no_video",
+            FaultKind::FirstFrameTimeout => "first_frame_timeout",
+            FaultKind::Stalled => "stalled",
+            FaultKind::Stream => "stream",
+            FaultKind::Ended => "ended",
+            FaultKind::InvalidUrl => "invalid_url",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Video stream parameters as the API shows them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct VideoInfo {
@@ -57,6 +138,8 @@ pub struct Snapshot {
 struct Mutable {
     state: Option<CameraState>,
     last_error: Option<String>,
+    last_error_kind: Option<FaultKind>,
+    last_error_at: Option<DateTime<Utc>>,
     video: Option<VideoInfo>,
     audio: Option<AudioInfo>,
     snapshot: Option<Snapshot>,
@@ -82,6 +165,17 @@ pub struct Counters {
     pub bytes: AtomicU64,
     /// Audio chunks published.
     pub audio_chunks: AtomicU64,
+    /// Changes of the video parameters mid-session (resolution, profile).
+    pub parameter_changes: AtomicU64,
+    /// Stream faults, by [`FaultKind::index`].
+    faults: [AtomicU64; FaultKind::ALL.len()],
+}
+
+impl Counters {
+    /// How often `kind` happened.
+    pub fn faults(&self, kind: FaultKind) -> u64 {
+        self.faults[kind.index()].load(Ordering::Relaxed)
+    }
 }
 
 /// One camera's live status.
@@ -129,12 +223,24 @@ pub struct CameraView {
     pub bytes_received: u64,
     /// Audio chunks published.
     pub audio_chunks: u64,
+    /// Stream faults of every kind, survived or not (see `stream_errors_by_kind`).
+    pub stream_errors: u64,
+    /// Stream faults by kind (`bad_rtp_header`, `bad_payload`, `timestamp_jump`,
+    /// `codec_changed`, `bad_sdp`, `connect`, `connect_timeout`, ...); kinds that never
+    /// happened are left out.
+    pub stream_errors_by_kind: BTreeMap<&'static str, u64>,
+    /// Changes of the video parameters mid-session (e.g. a resolution change).
+    pub parameter_changes: u64,
     /// Arrival of the latest frame.
     pub last_frame_at: Option<DateTime<Utc>>,
     /// Time of the latest snapshot.
     pub last_snapshot_at: Option<DateTime<Utc>>,
     /// The most recent error, kept after recovery.
     pub last_error: Option<String>,
+    /// The kind of `last_error`, as in `stream_errors_by_kind`.
+    pub last_error_kind: Option<&'static str>,
+    /// When `last_error` happened.
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 impl CameraStatus {
@@ -173,7 +279,19 @@ impl CameraStatus {
 
     /// Records an error (already scrubbed of secrets by the caller).
     pub fn set_error(&self, error: String) {
-        self.lock().last_error = Some(error);
+        let mut m = self.lock();
+        m.last_error = Some(error);
+        m.last_error_at = Some(Utc::now());
+    }
+
+    /// Counts a stream fault and makes it the last error (`error` already scrubbed of
+    /// secrets by the caller).
+    pub fn record_fault(&self, kind: FaultKind, error: String) {
+        self.counters.faults[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let mut m = self.lock();
+        m.last_error = Some(error);
+        m.last_error_kind = Some(kind);
+        m.last_error_at = Some(Utc::now());
     }
 
     /// Records the video parameters.
@@ -230,12 +348,21 @@ impl CameraStatus {
             clips: get(&c.clips),
             bytes_received: get(&c.bytes),
             audio_chunks: get(&c.audio_chunks),
+            stream_errors: c.faults.iter().map(get).sum(),
+            stream_errors_by_kind: FaultKind::ALL
+                .iter()
+                .map(|k| (k.as_str(), c.faults(*k)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            parameter_changes: get(&c.parameter_changes),
             last_frame_at: match self.last_frame_ms.load(Ordering::Relaxed) {
                 0 => None,
                 ms => DateTime::from_timestamp_millis(ms),
             },
             last_snapshot_at: m.snapshot.as_ref().map(|s| s.at),
             last_error: m.last_error.clone(),
+            last_error_kind: m.last_error_kind.map(FaultKind::as_str),
+            last_error_at: m.last_error_at,
         }
     }
 }
@@ -291,5 +418,35 @@ impl CameraRegistry {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_indexed_in_order_and_named_once() {
+        let mut names = std::collections::HashSet::new();
+        for (i, k) in FaultKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+            assert!(names.insert(k.as_str()), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn faults_are_counted_by_kind_and_the_last_is_shown() {
+        let s = CameraStatus::new("cam", "rtsp://h/x");
+        s.record_fault(FaultKind::BadPayload, "dropped an access unit: a".into());
+        s.record_fault(FaultKind::BadPayload, "dropped an access unit: b".into());
+        s.record_fault(FaultKind::TimestampJump, "timestamp jumped".into());
+        let v = s.view("node");
+        assert_eq!(v.stream_errors, 3);
+        assert_eq!(v.stream_errors_by_kind.get("bad_payload"), Some(&2));
+        assert_eq!(v.stream_errors_by_kind.get("timestamp_jump"), Some(&1));
+        assert!(!v.stream_errors_by_kind.contains_key("stalled"));
+        assert_eq!(v.last_error.as_deref(), Some("timestamp jumped"));
+        assert_eq!(v.last_error_kind, Some("timestamp_jump"));
+        assert!(v.last_error_at.is_some());
     }
 }

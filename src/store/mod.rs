@@ -90,7 +90,10 @@ pub struct LocalStore {
 /// `(start_ms, end_ms)` of the clips in one day folder, valid while the folder's mtime is
 /// unchanged.
 #[derive(Debug, Default)]
-struct SpanCache(Mutex<HashMap<PathBuf, (SystemTime, Arc<Vec<(i64, i64)>>)>>);
+struct SpanCache(Mutex<HashMap<PathBuf, DaySpans>>);
+
+/// A day folder's mtime when read, and its clips.
+type DaySpans = (SystemTime, Arc<Vec<(i64, i64)>>);
 
 /// Folders changed more recently than this are read afresh: a clip stored within the
 /// same timestamp tick as the last read would not change the mtime the cache compares.
@@ -127,9 +130,7 @@ impl SpanCache {
         spans
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (SystemTime, Arc<Vec<(i64, i64)>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, DaySpans>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

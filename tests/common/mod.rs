@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod faulty;
 pub mod flow;
 pub mod services;
 
