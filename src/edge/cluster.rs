@@ -215,6 +215,7 @@ impl ClusterCameras {
                 serde_json::json!({
                     "id": cam.id,
                     "state": if owner.is_some() { "connecting" } else { "unassigned" },
+                    "state_since": null,
                     "url": cam.display_url(),
                     "owner": owner,
                     "video": null,
@@ -225,7 +226,15 @@ impl ClusterCameras {
                     "dropped": 0,
                     "reconnects": 0,
                     "clips": 0,
+                    "bytes_received": 0,
+                    "audio_chunks": 0,
+                    "stream_errors": 0,
+                    "stream_errors_by_kind": {},
+                    "parameter_changes": 0,
                     "last_frame_at": null,
+                    "last_snapshot_at": null,
+                    "last_error_kind": null,
+                    "last_error_at": null,
                     "last_error": if owner.is_none() && cam.node.is_some() {
                         Some(format!("pinned to node {:?}, which is not running", cam.node.as_deref().unwrap_or_default()))
                     } else { None },
