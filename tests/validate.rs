@@ -48,7 +48,12 @@ fps = 15
         "{out}"
     );
     assert!(out.contains("cameras[1].fps: unknown field `fps`"), "{out}");
-    assert!(out.contains("3 problems"), "{out}");
+    // The camera with the unknown field is still checked: its id repeats the first one's.
+    assert!(
+        out.contains("cameras[1].id: duplicate camera id \"gate\" (also cameras[0])"),
+        "{out}"
+    );
+    assert!(out.contains("4 problems"), "{out}");
     assert!(!out.contains("hunter2"), "the password was printed: {out}");
 }
 
@@ -75,11 +80,133 @@ sample_interval = "0s"
     assert!(!ok);
     for needle in [
         "cameras[0].url: not a valid URL",
-        "cameras[1].id: duplicate camera id \"a\"",
+        "cameras[1].id: duplicate camera id \"a\" (also cameras[0])",
         "cameras[1].password: environment variable CAM_PASSWORD is not set",
         "cameras[2].id: must be 1-64 characters",
         "cameras[2].url: scheme \"http\" is not supported",
         "cameras[2].sample_interval: must be greater than zero",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+/// Every kind of mistake the issue names, several in one section and several in one camera,
+/// all in one `panoptes validate` run: each is named by its field, nothing else is reported,
+/// and no password is echoed.
+#[test]
+fn every_kind_of_mistake_is_listed_in_one_run() {
+    let (ok, out) = validate(
+        r#"
+data_dir = 5
+colour = "blue"
+
+[api]
+listen = "nowhere"
+rate_limit = -1
+
+[sampling]
+interval = "-5s"
+jpeg_quality = "high"
+bogus = 1
+
+[edge]
+backoff_initial = -3
+stall_timeout = "0s"
+
+[bus]
+kind = "nats"
+url = "nats://nats-user:s3cret-nats@127.0.0.1:4222"
+
+[store.s3]
+endpoint = "http://minio-user:s3cret-minio@127.0.0.1:9000"
+
+[[cameras]]
+id = "a"
+url = "rtsp://admin:s3cret-one@192.0.2.1/stream"
+fps = 3
+sample_interval = "-1s"
+
+[[cameras]]
+id = "a"
+url = "rtsp//missing-colon"
+
+[[cameras]]
+id = "c"
+url = "rtsp://"
+
+[[cameras]]
+id = "d"
+url = "rtsp://192.0.2.4:99999/stream"
+
+# A password with '#' in it: the URL parses, with the '@' in its fragment.
+[[cameras]]
+id = "e"
+url = "rtsp://admin:554#s3cret-two@192.0.2.5/stream"
+
+[[cameras]]
+id = "f"
+url = 5
+record = "yes"
+
+[[cameras]]
+url = "ftp://192.0.2.7/stream"
+"#,
+    );
+    assert!(!ok, "{out}");
+    let expected = [
+        "data_dir: invalid type: integer `5`, expected path string",
+        "colour: unknown field `colour`",
+        "api.listen: invalid socket address syntax",
+        "api.rate_limit: invalid value: integer `-1`, expected u32; it must not be negative",
+        "sampling.interval: invalid value: string \"-5s\", expected a duration; write a positive duration",
+        "sampling.jpeg_quality: invalid type: string \"high\", expected u32",
+        "sampling.bogus: unknown field `bogus`",
+        "edge.backoff_initial: invalid type: integer `-3`, expected a duration",
+        "edge.stall_timeout: must be greater than zero",
+        "bus.url: credentials must not be inside the URL; use bus.username/bus.password",
+        "store.s3.endpoint: credentials must not be inside the URL",
+        "cameras[0].fps: unknown field `fps`",
+        "cameras[0].sample_interval: invalid value: string \"-1s\", expected a duration",
+        "cameras[0].url: credentials must not be inside the URL",
+        "cameras[1].id: duplicate camera id \"a\" (also cameras[0])",
+        "cameras[1].url: not a valid URL (relative URL without a base)",
+        "cameras[2].url: has no host",
+        "cameras[3].url: not a valid URL (invalid port number)",
+        "cameras[4].url: credentials must not be inside the URL",
+        "cameras[5].url: invalid type: integer `5`, expected a string",
+        "cameras[5].record: invalid type: string \"yes\", expected a boolean",
+        "cameras[6]: missing field `id`",
+    ];
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|e| !out.contains(&format!("bad.toml: {e}")))
+        .copied()
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:#?} in:\n{out}");
+    // Exactly these: a wrong field is not also reported as missing, and so on.
+    assert!(
+        out.contains(&format!("{} problems in the config", expected.len())),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "a password was printed: {out}");
+}
+
+#[test]
+fn an_unset_variable_is_reported_once_for_its_field() {
+    // Left unexpanded, each value would also be "not a valid URL" and "not a duration".
+    let (ok, out) = validate(
+        r#"
+[[cameras]]
+id = "gate"
+url = "${CAM_URL_UNSET_IN_TESTS}"
+sample_interval = "${CAM_INTERVAL_UNSET_IN_TESTS}"
+"#,
+    );
+    assert!(!ok);
+    for needle in [
+        "cameras[0].url: environment variable CAM_URL_UNSET_IN_TESTS is not set",
+        "cameras[0].sample_interval: environment variable CAM_INTERVAL_UNSET_IN_TESTS is not set",
+        "2 problems in the config",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }

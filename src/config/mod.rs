@@ -968,60 +968,49 @@ pub fn load_str(
     };
     let mut value: toml::Table = toml::from_str(text)
         .map_err(|e| ConfigErrors(vec![err("", format!("not valid TOML: {e}"))]))?;
-    let mut errors: Vec<ConfigError> = substitute(&mut value, env)
-        .into_iter()
-        .map(|(field, message)| err(&field, message))
-        .collect();
+    let substituted = substitute(&mut value, env);
+    // A field whose variable is unset keeps its `${...}` text; other complaints about that
+    // field would only repeat the first one.
+    let unset: HashSet<String> = substituted.iter().map(|(f, _)| f.clone()).collect();
+    let mut found: Vec<(String, String)> = Vec::new();
 
-    // Sections are parsed one by one (and cameras one by one) so that a mistake in one
-    // does not hide mistakes in the others.
+    // Cameras are parsed one by one so that indexes in messages match the file, and so
+    // that one broken camera does not hide the others' mistakes.
     let mut cameras_raw = Vec::new();
     if let Some(c) = value.remove("cameras") {
         match c {
             toml::Value::Array(items) => cameras_raw = items,
-            _ => errors.push(err(
-                "cameras",
+            _ => found.push((
+                "cameras".into(),
                 "must be an array of tables: write each camera as [[cameras]]".into(),
             )),
         }
     }
-    let mut cameras = Vec::new();
-    for (i, raw) in cameras_raw.into_iter().enumerate() {
-        match serde_path_to_error::deserialize::<_, CameraConfig>(raw) {
-            Ok(c) => cameras.push(Some(c)),
-            Err(e) => {
-                errors.push(err(
-                    &join_path(&format!("cameras[{i}]"), &e),
-                    serde_message(e.inner()),
-                ));
-                cameras.push(None);
-            }
-        }
-    }
-    let mut base = toml::Table::new();
-    for (key, v) in value {
-        let mut one = toml::Table::new();
-        one.insert(key.clone(), v.clone());
-        match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(one)) {
-            Ok(_) => {
-                base.insert(key, v);
-            }
-            Err(e) => errors.push(err(&join_path("", &e), serde_message(e.inner()))),
-        }
-    }
-    let mut config = match Config::deserialize(toml::Value::Table(base)) {
-        Ok(c) => c,
-        Err(e) => {
-            errors.push(err("", serde_message(&e)));
-            return Err(ConfigErrors(errors));
-        }
-    };
-    config.cameras = cameras.iter().flatten().cloned().collect();
-    errors.extend(
-        validate(&config, &cameras)
+    // Every other field has a default, so after the bad fields are dropped this succeeds.
+    let Some(mut config) = deserialize_all::<Config>(toml::Value::Table(value), "", &mut found)
+    else {
+        let mut errors: Vec<ConfigError> = substituted
             .into_iter()
-            .map(|(f, m)| err(&f, m)),
-    );
+            .chain(found)
+            .map(|(f, m)| err(&f, m))
+            .collect();
+        if errors.is_empty() {
+            errors.push(err("", "cannot be read as a config".into()));
+        }
+        return Err(ConfigErrors(errors));
+    };
+    let cameras: Vec<Option<CameraConfig>> = cameras_raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| deserialize_all(raw, &format!("cameras[{i}]"), &mut found))
+        .collect();
+    config.cameras = cameras.iter().flatten().cloned().collect();
+    found.extend(validate(&config, &cameras));
+    let errors: Vec<ConfigError> = substituted
+        .into_iter()
+        .chain(found.into_iter().filter(|(f, _)| !unset.contains(f)))
+        .map(|(f, m)| err(&f, m))
+        .collect();
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -1029,12 +1018,89 @@ pub fn load_str(
     }
 }
 
+/// Deserializes `raw` as a `T`, reporting every bad field rather than the first: serde stops
+/// at the first error, so the field it names is dropped (falling back to its default) and
+/// the rest is tried again. Returns `None` when what is left still does not make a `T`
+/// (a required field is missing), after reporting why.
+fn deserialize_all<T: serde::de::DeserializeOwned>(
+    mut raw: toml::Value,
+    prefix: &str,
+    found: &mut Vec<(String, String)>,
+) -> Option<T> {
+    let mut removed = HashSet::new();
+    // Each round removes one field, so the loop ends; the bound is a second guard.
+    for _ in 0..1000 {
+        match serde_path_to_error::deserialize::<_, T>(raw.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let field = join_path(prefix, &e);
+                let message = serde_message(e.inner());
+                // A required field dropped for being wrong is not also "missing".
+                let dropped_here = message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.split('`').next())
+                    .is_some_and(|name| {
+                        removed.contains(&if field.is_empty() {
+                            name.to_string()
+                        } else {
+                            format!("{field}.{name}")
+                        })
+                    });
+                if !dropped_here {
+                    found.push((field.clone(), message));
+                }
+                if !remove_field(&mut raw, e.path()) {
+                    return None;
+                }
+                removed.insert(field);
+            }
+        }
+    }
+    None
+}
+
+/// Removes the innermost table key on `path` (an array is removed whole, so that the
+/// indexes of later complaints still match the file); false when the path names no key.
+fn remove_field(raw: &mut toml::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some(last_key) = segments
+        .iter()
+        .rposition(|s| matches!(s, Segment::Map { .. }))
+    else {
+        return false;
+    };
+    let mut at = raw;
+    for s in &segments[..last_key] {
+        let next = match (s, at) {
+            (Segment::Map { key }, toml::Value::Table(t)) => t.get_mut(key),
+            (Segment::Seq { index }, toml::Value::Array(a)) => a.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match (segments[last_key], at) {
+        (Segment::Map { key }, toml::Value::Table(t)) => t.remove(key).is_some(),
+        _ => false,
+    }
+}
+
+/// Whether a URL carries a user name or password. Any `@` counts: a password holding `#`,
+/// `/` or `?` makes the URL parse with the `@` in the path or fragment, where redaction
+/// would not find it.
+fn has_credentials(raw: &str, u: &url::Url) -> bool {
+    !u.username().is_empty() || u.password().is_some() || raw.contains('@')
+}
+
 /// `prefix` joined with the path serde reached before failing, e.g. `cameras[2].sample_interval`.
 fn join_path(prefix: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> String {
     let path = e.path().to_string();
     match (prefix.is_empty(), path == ".") {
-        (true, _) => path,
-        (false, true) => prefix.to_string(),
+        (_, true) => prefix.to_string(),
+        (true, false) => path,
         (false, false) => format!("{prefix}.{path}"),
     }
 }
@@ -1043,6 +1109,12 @@ fn serde_message(e: &toml::de::Error) -> String {
     let m = e.message().trim().to_string();
     if m.starts_with("unknown field") {
         format!("{m}; remove it or fix its spelling")
+    } else if m.ends_with("expected a duration") {
+        format!("{m}; write a positive duration with a unit, e.g. \"10s\", \"500ms\" or \"2m\"")
+    } else if m == "invalid socket address syntax" {
+        format!("{m}; write an IP address and port, e.g. \"0.0.0.0:8080\"")
+    } else if m.starts_with("invalid value: integer `-") {
+        format!("{m}; it must not be negative")
     } else {
         m
     }
@@ -1185,6 +1257,45 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
             "heartbeat must be greater than zero and member_ttl longer than heartbeat",
         );
     }
+    if config.bus.password.is_some() && config.bus.username.is_none() {
+        push(
+            &mut errors,
+            "bus.username".into(),
+            "a password is set but no username",
+        );
+    }
+    // The other URLs must not carry secrets either: they are logged and shown.
+    let other_urls = [
+        (
+            "bus.url",
+            Some(config.bus.url.as_str()),
+            "bus.username/bus.password or bus.token",
+        ),
+        (
+            "store.s3.endpoint",
+            config.store.s3.endpoint.as_deref(),
+            "store.s3.access_key_id/secret_access_key",
+        ),
+        (
+            "insights.url",
+            Some(config.insights.url.as_str()),
+            "insights.api_key",
+        ),
+    ];
+    for (field, raw, instead) in other_urls {
+        let Some(raw) = raw else { continue };
+        let leaks = raw.split(',').any(|one| {
+            url::Url::parse(one.trim()).map_or(one.contains('@'), |u| has_credentials(one, &u))
+        });
+        if leaks {
+            errors.push((
+                field.into(),
+                format!(
+                    "credentials must not be inside the URL; use {instead} with ${{ENV}} values"
+                ),
+            ));
+        }
+    }
     let inf = &config.infer;
     if inf.batch == 0 {
         push(&mut errors, "infer.batch".into(), "must be at least 1");
@@ -1227,7 +1338,7 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
             "must be at least edge.backoff_initial",
         );
     }
-    let mut seen = HashSet::new();
+    let mut seen = std::collections::HashMap::new();
     for (i, cam) in cameras.iter().enumerate() {
         let Some(cam) = cam else { continue };
         let at = |f: &str| format!("cameras[{i}].{f}");
@@ -1243,11 +1354,16 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
                 at("id"),
                 "must be 1-64 characters of letters, digits, '-' or '_'",
             );
-        } else if !seen.insert(cam.id.clone()) {
+        } else if let Some(first) = seen.get(cam.id.as_str()) {
             errors.push((
                 at("id"),
-                format!("duplicate camera id \"{}\"; ids must be unique", cam.id),
+                format!(
+                    "duplicate camera id \"{}\" (also cameras[{first}]); ids must be unique",
+                    cam.id
+                ),
             ));
+        } else {
+            seen.insert(cam.id.as_str(), i);
         }
         match url::Url::parse(&cam.url) {
             Err(err) => errors.push((
@@ -1269,10 +1385,11 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
                         "has no host; expected rtsp://host[:port]/path".into(),
                     ));
                 }
-                if !u.username().is_empty() || u.password().is_some() {
+                if has_credentials(&cam.url, &u) {
                     errors.push((
                         at("url"),
-                        "credentials must not be inside the URL; use username/password with ${ENV} values"
+                        "credentials must not be inside the URL; use username/password with ${ENV} values \
+                         (write an '@' in the path as %40)"
                             .into(),
                     ));
                 }
