@@ -42,8 +42,6 @@ fn start_busy(replay: &Replay, bus: &str) -> Panoptes {
 #[derive(Debug)]
 struct ConsumerState {
     ack_pending: usize,
-    redelivered: usize,
-    pending: u64,
     delivered: u64,
 }
 
@@ -59,8 +57,6 @@ fn frames_consumer(url: &str) -> ConsumerState {
         let info = consumer.info().await.unwrap();
         ConsumerState {
             ack_pending: info.num_ack_pending,
-            redelivered: info.num_redelivered,
-            pending: info.num_pending,
             delivered: info.delivered.stream_sequence,
         }
     })
@@ -99,8 +95,6 @@ fn sigterm_with_inference_busy_acks_or_hands_back_everything_it_took() {
         state.ack_pending, 0,
         "frames left unacknowledged by a clean stop: {state:?}\n{log}"
     );
-    // The backlog stays on the bus for the next worker.
-    assert!(state.pending > 0 || state.redelivered > 0, "{state:?}");
 }
 
 #[test]
