@@ -103,10 +103,18 @@ fn a_second_signal_exits_at_once() {
     let replay = Replay::start(&[fx.join("lobby.mp4"), fx.join("photos.mp4")], 2);
     let mut p = start_busy(&replay, "");
     p.terminate();
-    // The first signal starts an orderly stop, which waits for the batch being analysed.
-    wait_for(Duration::from_secs(5), "the orderly stop to begin", || {
-        p.output.text().contains("shutting down").then_some(())
-    });
+    // The first signal starts an orderly stop (cameras, clips, the batch being analysed),
+    // which takes 100 ms or more even when idle: watch for its first line closely and send
+    // the second signal at once.
+    let begun = Instant::now();
+    while !p.output.text().contains("shutting down") {
+        assert!(
+            begun.elapsed() < Duration::from_secs(5),
+            "the orderly stop did not begin:\n{}",
+            p.output.text()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let second = Instant::now();
     p.terminate();
     let status = p.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| {
