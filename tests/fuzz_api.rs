@@ -21,17 +21,7 @@ const EXAMPLES: &str = "30";
 const LIMIT: Duration = Duration::from_secs(90);
 
 fn schemathesis() -> PathBuf {
-    let venv = std::env::var_os("PANOPTES_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                })
-                .join("panoptes/venv")
-        });
-    let st = venv.join("bin/st");
+    let st = common::services::venv_bin("st");
     assert!(
         st.is_file(),
         "{} is missing: `make test` installs it (tests/install-services.sh)",

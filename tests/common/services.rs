@@ -94,11 +94,10 @@ pub struct MotoServer {
     pub output: Output,
 }
 
-fn moto_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("PANOPTES_MOTO_SERVER") {
-        return PathBuf::from(p);
-    }
-    let venv = std::env::var_os("PANOPTES_VENV")
+/// A program in the Panoptes Python environment (`PANOPTES_VENV`, by default
+/// `~/.cache/panoptes/venv`), where `make test` installs the test tools.
+pub fn venv_bin(name: &str) -> PathBuf {
+    std::env::var_os("PANOPTES_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             std::env::var_os("XDG_CACHE_HOME")
@@ -107,8 +106,16 @@ fn moto_binary() -> PathBuf {
                     PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
                 })
                 .join("panoptes/venv")
-        });
-    let p = venv.join("bin/moto_server");
+        })
+        .join("bin")
+        .join(name)
+}
+
+fn moto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PANOPTES_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    let p = venv_bin("moto_server");
     assert!(
         p.is_file(),
         "{} is missing: `make test` installs it (tests/requirements.txt), or set PANOPTES_MOTO_SERVER",
