@@ -355,9 +355,11 @@ async fn start_insights(
                 let _ = d.ack().await;
             }
         });
+        let queries = crate::infer::QueryEmbedder::new(embedder)
+            .context("cannot start the search query embedder")?;
         Some(crate::api::insights::InsightApi {
             store: insights,
-            embedder: Some(embedder),
+            embedder: Some(Arc::new(queries)),
             events,
             closing: shutdown.clone(),
         })

@@ -90,8 +90,7 @@ fn speech_recognition_of_a_synthetic_voice_in_a_recording() {
     assert!(rate <= 0.20, "heard {got:?} for {want:?}: WER {rate:.2}");
 }
 
-#[test]
-fn related_phrases_embed_closer_than_unrelated_ones() {
+fn embedder() -> panoptes::infer::Embedder {
     let config = panoptes::config::load_str(
         &format!("[models]\ndir = {:?}\n", models().display().to_string()),
         "test",
@@ -99,7 +98,12 @@ fn related_phrases_embed_closer_than_unrelated_ones() {
     )
     .unwrap();
     let rt = panoptes::infer::Runtime::new(&config.infer, &config.models).unwrap();
-    let embedder = panoptes::infer::Embedder::load(&rt).unwrap();
+    panoptes::infer::Embedder::load(&rt).unwrap()
+}
+
+#[test]
+fn related_phrases_embed_closer_than_unrelated_ones() {
+    let embedder = embedder();
     let v = embedder
         .embed(&[
             "a delivery truck at the loading dock",
@@ -150,4 +154,57 @@ fn missing_models_are_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot load ONNX Runtime from"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Search queries sent at once are embedded in shared batches; each caller must get its
+/// own query's vector, as close to the one it has alone as quantisation allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_search_queries_each_get_their_own_vector() {
+    let embedder = std::sync::Arc::new(embedder());
+    const QUERIES: [&str; 12] = [
+        "a delivery truck at the loading dock",
+        "somebody left a bag by the door",
+        "emergency exit",
+        "a cat sleeping on a sofa",
+        "the parcel was delivered to the front desk this morning",
+        "red car",
+        "a man talking on the phone in the lobby",
+        "coffee",
+        "the gate is open",
+        "two people shaking hands",
+        "licence plate",
+        "a bicycle leaning on the wall",
+    ];
+    let queries: &'static [&str] = &QUERIES;
+    let alone = embedder.embed(queries).unwrap();
+    let shared = std::sync::Arc::new(panoptes::infer::QueryEmbedder::new(embedder).unwrap());
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for (i, q) in queries.iter().enumerate() {
+            let shared = std::sync::Arc::clone(&shared);
+            tasks.push(tokio::spawn(async move {
+                (round, i, shared.embed(q).await.unwrap())
+            }));
+        }
+    }
+    for t in tasks {
+        let (round, i, v) = t.await.unwrap();
+        let own = panoptes::infer::similarity(&v, &alone[i]);
+        assert!(
+            own > 0.99,
+            "round {round}, {:?}: {own:.4} to its own vector",
+            queries[i]
+        );
+        for (j, other) in alone.iter().enumerate() {
+            if j != i {
+                let sim = panoptes::infer::similarity(&v, other);
+                assert!(
+                    sim < own - 0.05,
+                    "round {round}, {:?} is as close to {:?} ({sim:.3}) as to itself ({own:.3})",
+                    queries[i],
+                    queries[j]
+                );
+            }
+        }
+    }
 }

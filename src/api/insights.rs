@@ -18,7 +18,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
 use super::{ApiError, AppState, parse_time};
-use crate::infer::Embedder;
+use crate::infer::QueryEmbedder;
 use crate::store::ObjectStore;
 use crate::store::insights::{
     ClipLink, Cursor, Filter, Insight, InsightStore, Kind, Query as StoreQuery,
@@ -31,7 +31,7 @@ pub struct InsightApi {
     /// Where insights are.
     pub store: Arc<InsightStore>,
     /// Embeds search queries; absent when models are not loaded (search answers 503).
-    pub embedder: Option<Arc<Embedder>>,
+    pub embedder: Option<Arc<QueryEmbedder>>,
     /// New insights as they are stored.
     pub events: broadcast::Sender<Insight>,
     /// Cancelled at shutdown: event streams end so the server can stop.
@@ -371,13 +371,11 @@ pub async fn search(
         code: "unavailable",
         message: "semantic search needs the text embedding model; run models/install.sh".into(),
     })?;
+    let v = embedder.embed(&text).await.map_err(internal)?;
     let store = Arc::clone(&api.store);
     let objects = s.store.clone();
     let items = tokio::task::spawn_blocking(move || -> Result<Vec<InsightView>, String> {
-        let v = embedder
-            .embed(&[text.as_str()])
-            .map_err(|e| e.to_string())?;
-        let hits = store.search(&v[0], &f, limit).map_err(|e| e.to_string())?;
+        let hits = store.search(&v, &f, limit).map_err(|e| e.to_string())?;
         Ok(views(
             &objects,
             hits.into_iter().map(|(i, sim)| (i, Some(sim))).collect(),

@@ -167,6 +167,85 @@ impl Embedder {
     }
 }
 
+/// Most search queries embedded in one run of the model (measured on 2 cores: 5.0 ms for
+/// one query alone, 3.4 ms a query at 8 to a run).
+const QUERY_BATCH: usize = 8;
+
+struct QueryJob {
+    text: String,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<f32>, String>>,
+}
+
+/// Embeds search queries as they arrive. One thread per session of the [`Embedder`] takes
+/// the oldest waiting query together with every query that came while the sessions were
+/// busy (up to [`QUERY_BATCH`]) and runs them as one batch: concurrent searches share the
+/// model's fixed cost, are answered in the order they came, and an idle server embeds a
+/// lone query at once. The threads end when this is dropped.
+pub struct QueryEmbedder {
+    queue: std::sync::mpsc::Sender<QueryJob>,
+}
+
+impl QueryEmbedder {
+    /// Starts the threads.
+    pub fn new(embedder: std::sync::Arc<Embedder>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<QueryJob>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..embedder.slots.len() {
+            let (rx, embedder) = (std::sync::Arc::clone(&rx), std::sync::Arc::clone(&embedder));
+            std::thread::Builder::new()
+                .name(format!("query-embed-{i}"))
+                .spawn(move || {
+                    while let Some(jobs) = next_queries(&rx) {
+                        let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
+                        match embedder.embed(&texts) {
+                            Ok(vectors) => {
+                                for (job, v) in jobs.into_iter().zip(vectors) {
+                                    let _ = job.reply.send(Ok(v));
+                                }
+                            }
+                            Err(e) => {
+                                let e = e.to_string();
+                                for job in jobs {
+                                    let _ = job.reply.send(Err(e.clone()));
+                                }
+                            }
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { queue: tx })
+    }
+
+    /// The query as a unit vector; waits its turn without holding a thread.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = QueryJob {
+            text: text.to_string(),
+            reply,
+        };
+        self.queue
+            .send(job)
+            .map_err(|_| "the query embedder has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the query embedder has stopped".to_string())?
+    }
+}
+
+/// Blocks for the next query, then takes those already waiting behind it. `None` once
+/// the [`QueryEmbedder`] is gone.
+fn next_queries(rx: &Mutex<std::sync::mpsc::Receiver<QueryJob>>) -> Option<Vec<QueryJob>> {
+    let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+    let mut jobs = vec![rx.recv().ok()?];
+    while jobs.len() < QUERY_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
 /// Mean of the token vectors where `mask` is 1, scaled to unit length (the sum is enough:
 /// the mean's divisor cancels in the scaling).
 fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {

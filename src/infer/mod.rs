@@ -25,7 +25,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use crate::config::{InferConfig, ModelsConfig, Provider};
 
 pub use detect::{Detection, Detector};
-pub use embed::{Embedder, similarity};
+pub use embed::{Embedder, QueryEmbedder, similarity};
 pub use ocr::{Ocr, TextLine};
 pub use pixels::{BBox, decode as decode_image};
 pub use speech::{Speech, SpeechSegment, log_mel};
