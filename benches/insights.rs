@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench insights -- [--clients 8] [--secs 20] [--warmup 3] [--cameras 100]
 //! [--e2e-secs 60] [--interval 10s] [--rebuild] [--insights 1000000] [--synthetic-cameras 1000]
-//! [--recorded-cameras 10] [--calls 1000] [--only build,load,store,e2e,explain] [--explain]`
+//! [--recorded-cameras 10] [--calls 1000] [--infer-batch N] [--only build,load,store,e2e,explain]
+//! [--explain]`
 //!
 //! Phases:
 //! 1. Build (cached): `--insights` synthetic insights (default 1,000,000) from ~1000 cameras
@@ -102,6 +103,8 @@ struct Args {
     only: Option<HashSet<String>>,
     explain: bool,
     calls: usize,
+    /// `[infer] batch` for the end-to-end run (`None`: the default).
+    infer_batch: Option<usize>,
 }
 
 impl Args {
@@ -125,6 +128,7 @@ fn args() -> Args {
         only: None,
         explain: false,
         calls: 1000,
+        infer_batch: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -142,6 +146,7 @@ fn args() -> Args {
             "--interval" => a.interval = val,
             "--recorded-cameras" => a.recorded = val.parse().unwrap_or(a.recorded),
             "--calls" => a.calls = val.parse().unwrap_or(a.calls).max(1),
+            "--infer-batch" => a.infer_batch = val.parse().ok().filter(|&b| b > 0),
             "--only" => a.only = Some(val.split(',').map(str::to_string).collect()),
             "--rebuild" => {
                 a.rebuild = true;
@@ -1807,10 +1812,12 @@ fn e2e(a: &Args) {
     let copies = n.div_ceil(2);
     let tmp = tempfile::tempdir().unwrap();
     println!(
-        "\ne2e: {n} replayed cameras ({} x lobby.mp4: drawn text + speech, {} x photos.mp4: person, cat, cup; 640x360 15 fps H.264 + AAC), sampling every {}, every model on, recording on, {} s window",
+        "\ne2e: {n} replayed cameras ({} x lobby.mp4: drawn text + speech, {} x photos.mp4: person, cat, cup; 640x360 15 fps H.264 + AAC), sampling every {}, every model on, recording on, infer batch {}, {} s window",
         copies,
         n - copies,
         a.interval,
+        a.infer_batch
+            .map_or("default".to_string(), |b| b.to_string()),
         a.e2e_secs
     );
     let rport = free_port();
@@ -1836,9 +1843,11 @@ fn e2e(a: &Args) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut cfg = format!(
-        "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[sampling]\ninterval = \"{}\"\n[infer]\nenabled = true\n[log]\nlevel = \"warn\"\n",
+        "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[sampling]\ninterval = \"{}\"\n[infer]\nenabled = true\n{}[log]\nlevel = \"warn\"\n",
         tmp.path().join("data").display().to_string(),
-        a.interval
+        a.interval,
+        a.infer_batch
+            .map_or(String::new(), |b| format!("batch = {b}\n"))
     );
     for i in 0..n {
         let (stem, k) = if i % 2 == 0 {

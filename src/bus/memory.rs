@@ -1,5 +1,6 @@
 //! In-process bus: one bounded queue per stream, shared by all consumers of that stream
 //! (work-queue semantics), with in-flight tracking for explicit acks and redelivery.
+//! Frames are handed out newest first, the other streams oldest first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ pub struct MemoryBus {
 struct Stream {
     kind: StreamKind,
     capacity: usize,
+    /// Deliver the newest waiting message first (frames: a stale frame is worth less
+    /// than a new one); otherwise the oldest (audio must stay in order).
+    newest_first: bool,
     max_deliver: u32,
     ack_wait: Duration,
     state: Mutex<State>,
@@ -63,6 +67,7 @@ impl MemoryBus {
                 let stream = Stream {
                     kind,
                     capacity,
+                    newest_first: kind == StreamKind::Frames,
                     max_deliver: config.max_deliver,
                     ack_wait: config.ack_wait,
                     state: Mutex::new(State::default()),
@@ -176,7 +181,12 @@ impl MemoryConsumer {
                         st.ready.push_front((seq, msg, n));
                     }
                 }
-                if let Some((seq, msg, n)) = st.ready.pop_front() {
+                let next = if self.stream.newest_first {
+                    st.ready.pop_back()
+                } else {
+                    st.ready.pop_front()
+                };
+                if let Some((seq, msg, n)) = next {
                     let n = n + 1;
                     st.in_flight
                         .insert(seq, (msg.clone(), n, now + self.stream.ack_wait));
@@ -292,7 +302,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn full_stream_drops_oldest() {
+    async fn full_stream_drops_oldest_and_frames_go_newest_first() {
         let bus = bus(2, 3, Duration::from_secs(30));
         assert_eq!(publish(&bus, "a", b"1").await, Published::Stored);
         assert_eq!(publish(&bus, "a", b"2").await, Published::Stored);
@@ -302,13 +312,33 @@ mod tests {
         );
         let mut c = bus.consumer(StreamKind::Frames, "infer").await.unwrap();
         let d = c.next(Duration::from_millis(10)).await.unwrap();
-        assert_eq!(&d.message().payload[..], b"2");
+        assert_eq!(&d.message().payload[..], b"3");
         assert_eq!(d.message().header("Camera"), Some("a"));
         d.ack().await.unwrap();
         let d = c.next(Duration::from_millis(10)).await.unwrap();
-        assert_eq!(&d.message().payload[..], b"3");
+        assert_eq!(&d.message().payload[..], b"2");
         d.ack().await.unwrap();
         assert!(c.next(Duration::from_millis(10)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn audio_goes_oldest_first() {
+        let bus = bus(8, 3, Duration::from_secs(30));
+        for body in [&b"1"[..], b"2", b"3"] {
+            bus.publish(
+                StreamKind::Audio.subject("a"),
+                vec![("camera".into(), "a".into())],
+                Bytes::from_static(body),
+            )
+            .await
+            .unwrap();
+        }
+        let mut c = bus.consumer(StreamKind::Audio, "infer").await.unwrap();
+        for want in [&b"1"[..], b"2", b"3"] {
+            let d = c.next(Duration::from_millis(10)).await.unwrap();
+            assert_eq!(&d.message().payload[..], want);
+            d.ack().await.unwrap();
+        }
     }
 
     #[tokio::test]

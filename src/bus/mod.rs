@@ -20,7 +20,9 @@ pub use nats::NatsBus;
 /// The streams of the bus, one per kind of message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKind {
-    /// Sampled JPEG frames: fresh frames matter most, the oldest are dropped when full.
+    /// Sampled JPEG frames: fresh frames matter most. The oldest are dropped when full,
+    /// and the in-process bus hands out the newest waiting frame first, so inference that
+    /// falls behind analyses what the cameras see now rather than a backlog.
     Frames,
     /// PCM audio segments.
     Audio,

@@ -49,6 +49,8 @@ pub struct Worker {
 struct Track {
     objects: Vec<Insight>,
     texts: HashMap<String, Insight>,
+    /// Capture time of the latest frame followed.
+    last: Option<DateTime<Utc>>,
 }
 
 /// Audio of one camera not yet transcribed.
@@ -148,6 +150,11 @@ impl Worker {
                     continue;
                 }
             }
+            // The bus may hand out the newest frame first: each camera's frames are
+            // followed in capture order.
+            let mut pairs: Vec<_> = batch.into_iter().zip(frames).collect();
+            pairs.sort_by_key(|(_, f)| f.capture_ns);
+            let (batch, frames): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
             let me = Arc::clone(&self);
             let started = Instant::now();
             let n = batch.len();
@@ -293,7 +300,7 @@ impl Worker {
         for ((frame, objects), texts) in kept.into_iter().zip(objects).zip(texts) {
             let track = tracks.entry(frame.camera.clone()).or_default();
             let (found, fresh) =
-                follow(track, frame, objects, texts, detector, self.continue_within);
+                follow_camera(track, frame, objects, texts, detector, self.continue_within);
             if fresh {
                 let key = crate::store::snapshot_key(&frame.camera, frame.at.timestamp_millis());
                 self.objects
@@ -432,6 +439,32 @@ impl From<&crate::bus::Message> for FrameIn {
             jpeg: m.payload.clone(),
         }
     }
+}
+
+/// [`follow`] for frames that may come out of order. A frame older than the camera's
+/// latest analysed one (it waited while a newer one went first, or came back for another
+/// try) has findings that stand on their own, and the track goes on following the newer
+/// frame.
+fn follow_camera(
+    track: &mut Track,
+    frame: &FrameIn,
+    objects: Vec<Detection>,
+    texts: Vec<TextLine>,
+    detector: &str,
+    continue_within: Duration,
+) -> (Vec<Insight>, bool) {
+    if track.last.is_some_and(|last| frame.at < last) {
+        return follow(
+            &mut Track::default(),
+            frame,
+            objects,
+            texts,
+            detector,
+            continue_within,
+        );
+    }
+    track.last = Some(frame.at);
+    follow(track, frame, objects, texts, detector, continue_within)
 }
 
 /// Matches one frame's findings against the camera's previous sample: continued ones
@@ -655,5 +688,26 @@ mod tests {
         let (fourth, _) = follow(&mut track, &frame(30), vec![], vec![sign()], "yolo", within);
         assert_ne!(fourth[0].id, first[1].id);
         assert_eq!(fourth[0].ts_end, None);
+    }
+
+    #[test]
+    fn a_late_frame_stands_alone_and_the_track_follows_the_newest() {
+        let mut track = Track::default();
+        let within = Duration::from_secs(30);
+        let see = |track: &mut Track, at| {
+            follow_camera(track, &frame(at), vec![person(0.1)], vec![], "yolo", within)
+        };
+        let (newest, _) = see(&mut track, 20);
+        // Captured before the frame already followed: a new insight of its own time, and
+        // the newer insight is neither extended backwards nor replaced.
+        let (late, fresh) = see(&mut track, 10);
+        assert!(fresh);
+        assert_ne!(late[0].id, newest[0].id);
+        assert_eq!(late[0].ts, frame(10).at);
+        assert_eq!(late[0].ts_end, None);
+        let (next, fresh) = see(&mut track, 30);
+        assert!(!fresh);
+        assert_eq!(next[0].id, newest[0].id);
+        assert_eq!(next[0].ts_end, Some(frame(30).at));
     }
 }
