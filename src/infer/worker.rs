@@ -5,7 +5,9 @@
 //! after its insights are stored, so a crash means redelivery, never loss; ids are derived
 //! from the capture, so redelivery overwrites. The same object in the same place, or the
 //! same text, on consecutive samples of a camera extends one insight (`ts` .. `ts_end`)
-//! instead of adding one per sample. Audio chunks are gathered per camera until voice
+//! instead of adding one per sample. A batch is followed in capture order; a frame older
+//! than its camera's latest analysed one (the in-process bus hands out the newest frame
+//! first) gives insights of its own. Audio chunks are gathered per camera until voice
 //! activity detection sees a phrase end, then the phrase is transcribed. Stored insights
 //! are published on `panoptes.insights.<camera>` for live listeners.
 
