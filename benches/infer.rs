@@ -1161,7 +1161,7 @@ fn main() -> Result<()> {
     let a = args();
     let infer = InferConfig {
         threads: a.threads,
-        batch: a.batch,
+        batch: Some(a.batch),
         ..InferConfig::default()
     };
     let models = ModelsConfig {

@@ -711,9 +711,11 @@ pub struct InferConfig {
     /// (`ORT_DYLIB_PATH` overrides both).
     #[serde(default)]
     pub ort_library: Option<PathBuf>,
-    /// Largest number of frames (or text crops, or audio segments) run through a model at once.
-    #[serde(default = "default_infer_batch")]
-    pub batch: usize,
+    /// Largest number of frames (or text crops, or audio segments) run through a model at
+    /// once. By default 2 on the CPU, where larger batches gain no throughput and make each
+    /// frame wait for the others, and 8 with a GPU provider; see [`InferConfig::frame_batch`].
+    #[serde(default)]
+    pub batch: Option<usize>,
     /// How long the worker waits for a batch to fill before running what it has.
     #[serde(default = "default_batch_wait", with = "humantime_serde")]
     pub batch_wait: Duration,
@@ -744,7 +746,7 @@ impl Default for InferConfig {
             fallback_to_cpu: false,
             threads: 0,
             ort_library: None,
-            batch: default_infer_batch(),
+            batch: None,
             batch_wait: default_batch_wait(),
             max_frame_age: default_max_frame_age(),
             retention: default_retention(),
@@ -755,8 +757,16 @@ impl Default for InferConfig {
     }
 }
 
-fn default_infer_batch() -> usize {
-    8
+impl InferConfig {
+    /// `batch`, or the provider's default: 2 on the CPU, 8 on a GPU.
+    pub fn frame_batch(&self) -> usize {
+        self.batch
+            .unwrap_or(match self.provider {
+                Provider::Cpu => 2,
+                Provider::Cuda | Provider::Tensorrt => 8,
+            })
+            .max(1)
+    }
 }
 fn default_batch_wait() -> Duration {
     Duration::from_millis(50)
@@ -1297,7 +1307,7 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
         }
     }
     let inf = &config.infer;
-    if inf.batch == 0 {
+    if inf.batch == Some(0) {
         push(&mut errors, "infer.batch".into(), "must be at least 1");
     }
     for (name, v) in [
@@ -1425,6 +1435,22 @@ mod tests {
         assert_eq!(c.sampling.interval, Duration::from_secs(10));
         assert_eq!(c.recording.segment, Duration::from_secs(10));
         assert!(c.cameras[0].records(&c.recording));
+    }
+
+    #[test]
+    fn frame_batch_follows_the_provider_unless_set() {
+        let batch = |text: &str| {
+            load_str(text, "t.toml", &|_| None)
+                .unwrap()
+                .infer
+                .frame_batch()
+        };
+        assert_eq!(batch(""), 2);
+        assert_eq!(batch("[infer]\nprovider = \"cuda\"\n"), 8);
+        assert_eq!(batch("[infer]\nprovider = \"tensorrt\"\n"), 8);
+        assert_eq!(batch("[infer]\nbatch = 5\n"), 5);
+        assert_eq!(batch("[infer]\nprovider = \"cuda\"\nbatch = 1\n"), 1);
+        assert!(load_str("[infer]\nbatch = 0\n", "t.toml", &|_| None).is_err());
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Runtime {
             provider: infer.provider,
             fallback_to_cpu: infer.fallback_to_cpu,
             threads,
-            batch: infer.batch.max(1),
+            batch: infer.frame_batch(),
             library,
         })
     }
@@ -205,6 +205,13 @@ impl Runtime {
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| err(&e))?
             .with_intra_threads(threads.max(1))
+            .map_err(|e| err(&e))?
+            // Idle pool threads sleep instead of spinning. Spinning kept a core busy while
+            // the other finished the serial parts of small runs, and took it from the
+            // other models and the edge: without it, OCR runs 1.8x faster at batch 1 and
+            // 100 cameras get 3.1 frames/s analysed instead of 1.8 (detection alone loses
+            // about 6%).
+            .with_intra_op_spinning(false)
             .map_err(|e| err(&e))?
             .with_inter_threads(1)
             .map_err(|e| err(&e))?;

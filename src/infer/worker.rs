@@ -76,7 +76,7 @@ impl Worker {
             insights,
             objects,
             bus,
-            batch: config.batch.max(1),
+            batch: config.frame_batch(),
             batch_wait: config.batch_wait,
             max_frame_age: Some(config.max_frame_age).filter(|d| !d.is_zero()),
             continue_within: (sample_interval * 3).max(Duration::from_secs(5)),
