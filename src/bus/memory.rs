@@ -38,6 +38,8 @@ struct Stream {
     redelivered: Counter,
     dead_lettered: Counter,
     dlq: Arc<Mutex<VecDeque<Message>>>,
+    /// When a full stream was last reported in the log.
+    warned_full: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -79,6 +81,7 @@ impl MemoryBus {
                     redelivered: metrics::counter!("panoptes_bus_redelivered_total", "stream" => label),
                     dead_lettered: metrics::counter!("panoptes_bus_dead_lettered_total", "stream" => label),
                     dlq: dlq.clone(),
+                    warned_full: Mutex::new(None),
                 };
                 (kind, Arc::new(stream))
             })
@@ -122,6 +125,16 @@ impl MemoryBus {
         stream.published.increment(1);
         if dropped {
             stream.dropped.increment(1);
+            // Once a minute at most: the counter has the full story.
+            let mut warned = stream.warned_full.lock().expect("bus lock poisoned");
+            if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(60)) {
+                *warned = Some(Instant::now());
+                tracing::warn!(
+                    stream = stream.kind.as_str(),
+                    capacity = stream.capacity,
+                    "the consumers are behind: the stream is full and its oldest messages are dropped (panoptes_bus_dropped_total)"
+                );
+            }
         }
         stream.notify.notify_one();
         Ok(if dropped {
