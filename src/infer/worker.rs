@@ -455,17 +455,13 @@ fn follow_camera(
     detector: &str,
     continue_within: Duration,
 ) -> (Vec<Insight>, bool) {
-    if track.last.is_some_and(|last| frame.at < last) {
-        return follow(
-            &mut Track::default(),
-            frame,
-            objects,
-            texts,
-            detector,
-            continue_within,
-        );
-    }
-    track.last = Some(frame.at);
+    let mut alone = Track::default();
+    let track = if track.last.is_some_and(|last| frame.at < last) {
+        &mut alone
+    } else {
+        track.last = Some(frame.at);
+        track
+    };
     follow(track, frame, objects, texts, detector, continue_within)
 }
 
