@@ -807,6 +807,8 @@ fn words(text: &str) -> Vec<String> {
 struct DecodeRun {
     mel: Vec<f32>,
     n: usize,
+    /// Mel frames of the window.
+    frames: usize,
     /// Token inputs of each decoder step ([n, 2] first, then [n, 1]).
     steps: Vec<Vec<i64>>,
 }
@@ -814,7 +816,6 @@ struct DecodeRun {
 fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Case<'a>> {
     const VAD_WINDOW: usize = 512;
     const VAD_CONTEXT: usize = 64;
-    const FRAMES: usize = 80 * 3000;
     let speech = Speech::load(rt, &infer.speech)?;
     let (pcm, rate) = read_wav(&rt.dir().join("samples/beckett.wav"))?;
     if rate != 16_000 {
@@ -836,7 +837,8 @@ fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Cas
         window[VAD_CONTEXT + chunk.len()..].fill(0.0);
         vad_inputs.push(window.clone());
     }
-    let mut vad = rt.session("bare-vad", "silero-vad/silero_vad.onnx")?;
+    // One thread, as Panoptes runs its VAD.
+    let mut vad = rt.session_with_threads("bare-vad", "silero-vad/silero_vad.onnx", 1)?;
     let mut encoder = rt.session(
         "bare-whisper-encoder",
         "whisper-tiny.en/whisper-tiny.en-encoder.onnx",
@@ -864,11 +866,17 @@ fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Cas
     let mut runs = Vec::new();
     for chunk in ranges.chunks(a.batch) {
         let n = chunk.len();
-        let mut mel = Vec::with_capacity(n * FRAMES);
+        // The window Panoptes fits to the phrases.
+        let frames = chunk
+            .iter()
+            .map(|&(s, e)| speech.window_frames(e - s))
+            .max()
+            .unwrap_or(3000);
+        let mut mel = Vec::with_capacity(n * 80 * frames);
         for &(s, e) in chunk {
-            mel.extend(log_mel(&pcm[s..e]));
+            mel.extend(log_mel(&pcm[s..e], frames));
         }
-        let t = TensorRef::from_array_view(([n, 80, 3000], &*mel)).map_err(err)?;
+        let t = TensorRef::from_array_view(([n, 80, frames], &*mel)).map_err(err)?;
         let mut out = encoder.run(ort::inputs!["mel" => t]).map_err(err)?;
         let ck = out.remove("cross_k").ok_or(anyhow!("no cross_k"))?;
         let cv = out.remove("cross_v").ok_or(anyhow!("no cross_v"))?;
@@ -917,15 +925,21 @@ fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Cas
                 break;
             }
         }
-        runs.push(DecodeRun { mel, n, steps });
+        runs.push(DecodeRun {
+            mel,
+            n,
+            frames,
+            steps,
+        });
     }
     let covers = format!(
         "VAD {} x [1,576] + {}",
         vad_inputs.len(),
         runs.iter()
             .map(|r| format!(
-                "encoder [{},80,3000] + decoder {} steps (KV cache)",
+                "encoder [{},80,{}] + decoder {} steps (KV cache)",
                 r.n,
+                r.frames,
                 r.steps.len()
             ))
             .collect::<Vec<_>>()
@@ -998,7 +1012,7 @@ fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Cas
         }
         for r in &runs {
             let n = r.n;
-            let t = TensorRef::from_array_view(([n, 80, 3000], &*r.mel)).map_err(err)?;
+            let t = TensorRef::from_array_view(([n, 80, r.frames], &*r.mel)).map_err(err)?;
             let mut out = encoder.run(ort::inputs!["mel" => t]).map_err(err)?;
             let ck = out.remove("cross_k").ok_or(anyhow!("no cross_k"))?;
             let cv = out.remove("cross_v").ok_or(anyhow!("no cross_v"))?;

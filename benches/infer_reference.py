@@ -291,6 +291,13 @@ VAD_WINDOW, VAD_CONTEXT = 512, 64
 MIN_SPEECH, MIN_SILENCE = SAMPLE_RATE // 4, SAMPLE_RATE * 3 // 10
 SPEECH_PAD, MERGE_GAP = SAMPLE_RATE // 5, SAMPLE_RATE * 4 // 5
 MAX_TOKENS, BLANK = 224, 220
+# Panoptes' fitted window: the phrase plus 2 s, at least 8 s (its default min_window).
+WINDOW_MARGIN, MIN_WINDOW = 2 * SAMPLE_RATE, 8 * SAMPLE_RATE
+
+
+def window_frames(samples):
+    frames = -(-max(samples + WINDOW_MARGIN, MIN_WINDOW) // HOP)
+    return min(N_FRAMES, -(-frames // 2) * 2)
 
 
 def mel_filterbank():
@@ -382,10 +389,10 @@ class Speech:
                 merged.append([a, b])
         return [(s, min(s + N_SAMPLES, b)) for a, b in merged for s in range(a, b, N_SAMPLES)]
 
-    def log_mel(self, audio):
+    def log_mel(self, audio, n_frames=N_FRAMES):
         audio = np.pad(audio[:N_SAMPLES], (0, N_SAMPLES - min(len(audio), N_SAMPLES)))
         padded = np.pad(audio, N_FFT // 2, mode="reflect")
-        frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:N_FRAMES]
+        frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:n_frames]
         power = np.abs(np.fft.rfft(frames * self.window, axis=-1)) ** 2
         mel = self.filters @ power.T.astype(np.float32)
         log_spec = np.log10(np.maximum(mel, 1e-10))
@@ -431,7 +438,8 @@ class Speech:
         out = []
         for start in range(0, len(ranges), self.batch):
             chunk = ranges[start:start + self.batch]
-            mel = np.stack([self.log_mel(pcm[a:b]) for a, b in chunk])
+            n_frames = max(window_frames(b - a) for a, b in chunk)
+            mel = np.stack([self.log_mel(pcm[a:b], n_frames) for a, b in chunk])
             cross_k, cross_v = self.encoder.run(None, {"mel": mel})
             for (a, b), (ids, conf) in zip(chunk, self.decode(cross_k, cross_v, len(chunk))):
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()

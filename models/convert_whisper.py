@@ -9,10 +9,12 @@ ctranslate2 nor transformers is needed, and nothing is downloaded.
 Outputs (opset 17, float32):
 
 ``whisper-tiny.en-encoder.onnx``
-    ``mel`` f32[N,80,3000] -> ``cross_k``, ``cross_v`` f32[L,N,1500,D]: the
+    ``mel`` f32[N,80,F] -> ``cross_k``, ``cross_v`` f32[L,N,F/2,D]: the
     cross-attention keys and values of every decoder layer, computed once per
-    audio window. Heads are merged in the last dim (head h = columns
-    h*64 .. h*64+63).
+    audio window. F is 3000 for Whisper's 30 s window, or any even number below
+    it for the first F frames of that window (a shorter window costs less; the
+    positional embeddings are cut to match). Heads are merged in the last dim
+    (head h = columns h*64 .. h*64+63).
 
 ``whisper-tiny.en-decoder.onnx``
     ``tokens`` i64[N,T], ``self_k``/``self_v`` f32[L,N,P,D] (self-attention KV
@@ -32,6 +34,8 @@ Usage::
 Verification runs both models with onnxruntime (CPU), decodes greedily with
 the KV cache, prints the transcript, the word error rate and timings, and exits
 non-zero when the WER exceeds 0.2 or the cached and uncached decoder disagree.
+Each file is transcribed in the full 30 s window and in the window Panoptes fits
+to it (the audio plus 2 s, at least 8 s).
 """
 
 import argparse
@@ -379,7 +383,12 @@ def build_encoder(w):
              kernel_shape=[3], pads=[1, 1], strides=[2])
     x = g.gelu(x)
     x = g.op("Transpose", [x], perm=[0, 2, 1])
-    x = g.op("Add", [x, g.const(w.encoder_positions, "enc_pos")])
+    # As many positions as the window has frames: a window shorter than 30 s (the audio
+    # of a short phrase) costs the encoder and the decoder's cross-attention in proportion.
+    n_ctx = g.op("Shape", [x], start=1, end=2)
+    positions = g.op("Slice", [g.const(w.encoder_positions, "enc_pos"), g.i64([0]), n_ctx,
+                               g.i64([0])])
+    x = g.op("Add", [x, positions])
     for layer in range(w.n_encoder_layers):
         prefix = f"encoder/layer_{layer}/self_attention"
         h = g.layer_norm(x, w.layer_norm(prefix + "/layer_norm"), prefix)
@@ -401,10 +410,10 @@ def build_encoder(w):
     g.op("Gather", [kv_all, g.i64(1)], outputs=["cross_v"], axis=0)
 
     f32 = TensorProto.FLOAT
-    kv_shape = [layers, "N", w.n_audio_ctx, d]
+    kv_shape = [layers, "N", "S", d]
     return _make_model(
         g,
-        [helper.make_tensor_value_info("mel", f32, ["N", N_MELS, N_FRAMES])],
+        [helper.make_tensor_value_info("mel", f32, ["N", N_MELS, "F"])],
         [helper.make_tensor_value_info("cross_k", f32, kv_shape),
          helper.make_tensor_value_info("cross_v", f32, kv_shape)],
         "whisper_tiny_en_encoder")
@@ -462,7 +471,7 @@ def build_decoder(w):
     g.op("Gemm", [last, embedding], outputs=["logits"], transB=1)
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    cross_shape = [layers, "N", w.n_audio_ctx, d]
+    cross_shape = [layers, "N", "S", d]
     return _make_model(
         g,
         [helper.make_tensor_value_info("tokens", i64, ["N", "T"]),
@@ -667,15 +676,16 @@ class Transcriber:
             "cross_k": cross[0], "cross_v": cross[1],
             "offset": np.array([offset], dtype=np.int64)})
 
-    def transcribe(self, audio):
-        """Return ``(token_ids, stats)`` for up to 30 s of 16 kHz audio.
+    def transcribe(self, audio, frames=N_FRAMES):
+        """Return ``(token_ids, stats)`` for up to 30 s of 16 kHz audio, seen in
+        a window of the first ``frames`` mel frames.
 
         The prompt is [SOT, NO_TIMESTAMPS]; decoding stops at EOT or after
         ``MAX_NEW_TOKENS`` tokens. Ids >= SOT (special and timestamp tokens)
         are never emitted. ``stats`` holds timings and a consistency check of
         the cached decoder against one uncached pass over the whole sequence.
         """
-        mel = log_mel(audio)[None]
+        mel = np.ascontiguousarray(log_mel(audio)[None, :, :frames])
         started = time.perf_counter()
         cross = self.encoder.run(None, {"mel": mel})
         encoder_s = time.perf_counter() - started
@@ -708,6 +718,13 @@ class Transcriber:
         return sequence[2:], stats
 
 
+def fitted_window(samples):
+    """Mel frames of the window Panoptes fits to a phrase of ``samples``: the
+    phrase plus 2 s, at least 8 s, at most 30 s, even."""
+    frames = -(-max(samples + 2 * SAMPLE_RATE, 8 * SAMPLE_RATE) // HOP_LENGTH)
+    return min(N_FRAMES, -(-frames // 2) * 2)
+
+
 def normalize_words(text):
     """Lowercase, strip punctuation and split into words."""
     return re.sub(r"[^\w\s]", "", text.lower()).split()
@@ -730,11 +747,15 @@ def verify(ct2_dir, out_dir, pairs, threads):
     detokenizer = Detokenizer(os.path.join(ct2_dir, "tokenizer.json"))
     transcriber = Transcriber(out_dir, threads)
     ok = True
-    for wav_path, expected in pairs:
-        ids, stats = transcriber.transcribe(read_wav(wav_path))
+    for (wav_path, expected), frames in ((pair, frames) for pair in pairs
+                                         for frames in (N_FRAMES, None)):
+        audio = read_wav(wav_path)
+        if frames is None:
+            frames = fitted_window(len(audio))
+        ids, stats = transcriber.transcribe(audio, frames)
         text = detokenizer.decode(ids).strip()
         wer = word_error_rate(expected, text)
-        print(f"{wav_path}: {text!r}")
+        print(f"{wav_path} ({frames / 100:.1f} s window): {text!r}")
         print(f"  WER {wer:.3f} vs {expected!r}")
         print(f"  encoder {stats['encoder_ms']:.0f} ms, prompt step {stats['prompt_ms']:.1f} ms, "
               f"decoder {stats['token_ms']:.1f} ms/token over {stats['steps'] - 1} cached steps "

@@ -208,3 +208,80 @@ async fn concurrent_search_queries_each_get_their_own_vector() {
         }
     }
 }
+
+/// 16-bit PCM mono samples of a WAV file, as -1..1.
+fn wav_samples(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let data = bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .expect("a data chunk");
+    bytes[data + 8..]
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect()
+}
+
+/// The infer worker feeds each camera's audio to voice activity detection as it arrives,
+/// many cameras in one model run. That must see what one pass over the whole recording sees.
+#[test]
+fn voice_activity_in_pieces_and_across_streams_matches_one_pass() {
+    use panoptes::infer::VadStream;
+    const WINDOW: usize = 512;
+    let config = panoptes::config::load_str(
+        &format!("[models]\ndir = {:?}\n", models().display().to_string()),
+        "test",
+        &|_| None,
+    )
+    .unwrap();
+    let rt = panoptes::infer::Runtime::new(&config.infer, &config.models).unwrap();
+    let speech = panoptes::infer::Speech::load(&rt, &config.infer.speech).unwrap();
+    let voice = wav_samples(&models().join("samples/beckett.wav"));
+    let voice = &voice[..voice.len() / WINDOW * WINDOW];
+    // A second stream: the same voice after 3 s of digital silence, cut to the same length.
+    let mut late = vec![0.0f32; 3 * 16_000 / WINDOW * WINDOW];
+    late.extend_from_slice(voice);
+    late.truncate(voice.len());
+    let alone = |pcm: &[f32]| {
+        speech
+            .voice_activity(&mut [(&mut VadStream::default(), pcm)])
+            .unwrap()
+            .remove(0)
+    };
+    let (want_voice, want_late) = (alone(voice), alone(&late));
+    assert!(
+        want_voice.iter().filter(|&&p| p > 0.5).count() > want_voice.len() / 3,
+        "half the recording is speech: {want_voice:?}"
+    );
+    assert!(
+        want_late[..90].iter().all(|&p| p == 0.0),
+        "digital silence is no speech"
+    );
+    // Both streams together, fed 16 windows at a time (about half a second).
+    let (mut a, mut b) = (VadStream::default(), VadStream::default());
+    let (mut got_voice, mut got_late) = (Vec::new(), Vec::new());
+    for (x, y) in voice.chunks(16 * WINDOW).zip(late.chunks(16 * WINDOW)) {
+        let mut probs = speech
+            .voice_activity(&mut [(&mut a, x), (&mut b, y)])
+            .unwrap();
+        got_late.extend(probs.pop().unwrap());
+        got_voice.extend(probs.pop().unwrap());
+    }
+    for (name, got, want) in [
+        ("voice", &got_voice, &want_voice),
+        ("late voice", &got_late, &want_late),
+    ] {
+        assert_eq!(got.len(), want.len(), "{name}: one probability per window");
+        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+            assert!(
+                (g - w).abs() < 1e-3,
+                "{name}, window {i}: {g:.4} in pieces across streams, {w:.4} in one pass"
+            );
+        }
+    }
+    // The phrases found are the same too.
+    assert_eq!(
+        speech.phrases(&got_voice, voice.len()),
+        speech.speech_ranges(voice).unwrap()
+    );
+}

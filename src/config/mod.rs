@@ -214,7 +214,8 @@ pub struct BusConfig {
     /// Frames kept waiting for inference; when full the oldest frame is dropped and counted.
     #[serde(default = "default_frames_capacity")]
     pub frames_capacity: usize,
-    /// Audio segments kept waiting; when full the oldest is dropped and counted.
+    /// Audio chunks kept waiting (2048 chunks of 0.5 s hold 10 s of 100 cameras' audio);
+    /// when full the oldest is dropped and counted.
     #[serde(default = "default_audio_capacity")]
     pub audio_capacity: usize,
     /// Deliveries of one message before it goes to the dead-letter subject.
@@ -282,7 +283,7 @@ fn default_frames_capacity() -> usize {
     512
 }
 fn default_audio_capacity() -> usize {
-    256
+    2048
 }
 fn default_max_deliver() -> u32 {
     5
@@ -529,7 +530,9 @@ pub struct SamplingConfig {
     /// JPEG quality, 1-100.
     #[serde(default = "default_jpeg_quality")]
     pub jpeg_quality: u32,
-    /// Length of one PCM audio chunk published on the bus.
+    /// Length of one PCM audio chunk published on the bus. A phrase is transcribed once the
+    /// audio half a second past its end has arrived, so a chunk adds up to its length to
+    /// the delay of speech insights; shorter chunks mean more, smaller messages.
     #[serde(default = "default_audio_chunk", with = "humantime_serde")]
     pub audio_chunk: Duration,
 }
@@ -559,7 +562,7 @@ fn default_jpeg_quality() -> u32 {
     85
 }
 fn default_audio_chunk() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_millis(500)
 }
 
 /// Clip recording.
@@ -859,6 +862,13 @@ pub struct SpeechConfig {
     /// Voice activity probability above which audio counts as speech.
     #[serde(default = "default_vad_threshold")]
     pub vad_threshold: f32,
+    /// Shortest window of audio Whisper sees. A phrase is transcribed in a window of the
+    /// phrase plus 2 s, at least this long; the encoder's cost grows with the window.
+    /// Whisper was trained on 30 s windows: shorter ones are several times cheaper, and a
+    /// transcript that runs on or repeats itself is redone with the full window. `"30s"`
+    /// always uses the full window.
+    #[serde(default = "default_min_window", with = "humantime_serde")]
+    pub min_window: Duration,
 }
 
 impl Default for SpeechConfig {
@@ -866,12 +876,17 @@ impl Default for SpeechConfig {
         Self {
             enabled: true,
             vad_threshold: default_vad_threshold(),
+            min_window: default_min_window(),
         }
     }
 }
 
 fn default_vad_threshold() -> f32 {
     0.5
+}
+
+fn default_min_window() -> Duration {
+    Duration::from_secs(8)
 }
 
 /// RTP transport.
@@ -1322,6 +1337,13 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
         if !(0.0..=1.0).contains(&v) {
             push(&mut errors, name.into(), "must be between 0 and 1");
         }
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(30)).contains(&inf.speech.min_window) {
+        push(
+            &mut errors,
+            "infer.speech.min_window".into(),
+            "must be between 1s and 30s (Whisper's window)",
+        );
     }
     if config.models.detector.as_os_str().is_empty() {
         push(

@@ -1,5 +1,14 @@
 //! Speech: Silero VAD finds the speech in 16 kHz mono audio, Whisper transcribes each speech
 //! segment (log-mel features computed here, greedy decoding with the decoder's KV cache).
+//!
+//! Voice activity runs over many streams at once ([`VadStream`]: one per camera, fed as
+//! the audio arrives), one window of every stream per model run; windows of digital
+//! silence are not run at all. Whisper sees a window fitted to the phrase (the phrase plus
+//! [`WINDOW_MARGIN`], at least `speech.min_window`) instead of a fixed 30 s: the encoder and
+//! the decoder's cross-attention cost in proportion. Whisper was trained on 30 s windows and
+//! can repeat itself when the audio ends close to the window's end, so a short window whose
+//! transcript runs past what the phrase could hold, or ends by repeating itself, is decoded
+//! again with the full window.
 
 use std::sync::{Arc, Mutex};
 
@@ -27,9 +36,14 @@ pub struct SpeechSegment {
     pub confidence: f32,
 }
 
-// Silero VAD at 16 kHz: 512 new samples per window, with the last 64 of the previous one.
-const VAD_WINDOW: usize = 512;
+/// Silero VAD at 16 kHz: 512 new samples per window, with the last 64 of the previous one.
+pub const VAD_WINDOW: usize = 512;
 const VAD_CONTEXT: usize = 64;
+const VAD_STATE: usize = 2 * 128;
+/// A window whose samples all stay below this (about -74 dBFS, a few steps of 16-bit
+/// audio) is digital silence: a muted microphone, or a camera that sends silent audio. It
+/// is speech with probability 0 and costs no model run.
+const DIGITAL_SILENCE: f32 = 2e-4;
 /// Speech shorter than this is ignored.
 const MIN_SPEECH: usize = SAMPLE_RATE as usize / 4;
 /// Silence this long ends a segment.
@@ -48,6 +62,12 @@ const N_FRAMES: usize = 3000;
 /// 30 s: Whisper's window; longer segments are split.
 const N_SAMPLES: usize = N_FRAMES * HOP;
 const MAX_TOKENS: usize = 224;
+/// Audio after a phrase in a fitted window. With less, Whisper tiny.en repeated short
+/// phrases until the token limit ("Hello? Hello? ..."; a 3.7 s sentence in a 5 s window).
+pub const WINDOW_MARGIN: usize = 2 * SAMPLE_RATE as usize;
+/// Phrases transcribed in one run: the decoder reads its 80 MB output projection once per
+/// step for the whole batch, so phrases that end together share that cost.
+const SPEECH_BATCH: usize = 8;
 const D_MODEL: usize = 384;
 const LAYERS: usize = 4;
 /// The token Whisper writes for a lone space; not allowed as the first token.
@@ -57,6 +77,26 @@ const BLANK: usize = 220;
 struct VadScratch {
     input: Vec<f32>,
     state: Vec<f32>,
+    /// Which stream each row of the batch is.
+    rows: Vec<usize>,
+}
+
+/// Voice activity state of one continuous audio stream (a camera's audio): the model's
+/// recurrent state and the last samples seen, so that audio fed a little at a time is
+/// looked at once, window by window, as if it had come in one piece.
+#[derive(Clone)]
+pub struct VadStream {
+    state: [f32; VAD_STATE],
+    context: [f32; VAD_CONTEXT],
+}
+
+impl Default for VadStream {
+    fn default() -> Self {
+        Self {
+            state: [0.0; VAD_STATE],
+            context: [0.0; VAD_CONTEXT],
+        }
+    }
 }
 
 #[derive(Default)]
@@ -76,12 +116,16 @@ pub struct Speech {
     eot: i64,
     no_timestamps: i64,
     batch: usize,
+    /// Shortest window Whisper sees, in mel frames.
+    min_window: usize,
+    full_windows: metrics::Counter,
 }
 
 impl Speech {
     /// Loads `silero-vad/silero_vad.onnx` and `whisper-tiny.en/*` from the models directory.
     pub fn load(rt: &Runtime, cfg: &SpeechConfig) -> Result<Self, Error> {
-        let vad = rt.session("vad", "silero-vad/silero_vad.onnx")?;
+        // Small runs (a window of each talking camera) go faster on one thread.
+        let vad = rt.session_with_threads("vad", "silero-vad/silero_vad.onnx", 1)?;
         let encoder = rt.session(
             "whisper-encoder",
             "whisper-tiny.en/whisper-tiny.en-encoder.onnx",
@@ -121,7 +165,9 @@ impl Speech {
             sot,
             eot,
             no_timestamps,
-            batch: rt.batch,
+            batch: rt.batch.max(SPEECH_BATCH),
+            min_window: frames_for(cfg.min_window.as_secs_f64() * f64::from(SAMPLE_RATE)),
+            full_windows: metrics::counter!("panoptes_infer_speech_full_windows_total"),
         })
     }
 
@@ -145,77 +191,184 @@ impl Speech {
 
     /// Sample ranges of speech, padded, each at most 30 s.
     pub fn speech_ranges(&self, pcm: &[f32]) -> Result<Vec<(usize, usize)>, Error> {
-        let probs = self.vad_probabilities(pcm)?;
-        Ok(segments(&probs, pcm.len(), self.threshold))
+        let mut stream = VadStream::default();
+        let probs = self.voice_activity(&mut [(&mut stream, pcm)])?;
+        Ok(self.phrases(&probs[0], pcm.len()))
     }
 
-    /// Speech probability of each 32 ms window.
-    fn vad_probabilities(&self, pcm: &[f32]) -> Result<Vec<f32>, Error> {
+    /// Padded phrases (sample ranges, each at most 30 s) in `len` samples of audio whose
+    /// windows had the speech probabilities `probs`.
+    pub fn phrases(&self, probs: &[f32], len: usize) -> Vec<(usize, usize)> {
+        segments(probs, len, self.threshold)
+    }
+
+    /// Speech probability of each window of each stream's new audio, continuing from what
+    /// each stream saw before. One model run takes the next window of every stream; a last
+    /// partial window is zero-padded (feed whole windows to continue a stream later).
+    pub fn voice_activity(
+        &self,
+        streams: &mut [(&mut VadStream, &[f32])],
+    ) -> Result<Vec<Vec<f32>>, Error> {
         let err = model_err("vad");
         let mut guard = lock(&self.vad);
         let Slot { session, scratch } = &mut *guard;
-        scratch.state.clear();
-        scratch.state.resize(2 * 128, 0.0);
-        scratch.input.clear();
-        scratch.input.resize(VAD_CONTEXT + VAD_WINDOW, 0.0);
-        let mut probs = Vec::with_capacity(pcm.len() / VAD_WINDOW + 1);
+        let mut probs: Vec<Vec<f32>> = streams
+            .iter()
+            .map(|(_, pcm)| Vec::with_capacity(pcm.len().div_ceil(VAD_WINDOW)))
+            .collect();
+        let steps = streams
+            .iter()
+            .map(|(_, pcm)| pcm.len().div_ceil(VAD_WINDOW))
+            .max()
+            .unwrap_or(0);
         let sr = Tensor::from_array(((), vec![SAMPLE_RATE as i64])).map_err(|e| err(&e))?;
-        for window in pcm.chunks(VAD_WINDOW) {
-            // Carry the last 64 samples, then the new window (zero-padded at the very end).
-            scratch.input.copy_within(VAD_WINDOW.., 0);
-            let new = &mut scratch.input[VAD_CONTEXT..];
-            new[..window.len()].copy_from_slice(window);
-            new[window.len()..].fill(0.0);
+        let width = VAD_CONTEXT + VAD_WINDOW;
+        for step in 0..steps {
+            scratch.rows.clear();
+            scratch.input.clear();
+            for (i, (stream, pcm)) in streams.iter_mut().enumerate() {
+                let Some(window) = pcm.chunks(VAD_WINDOW).nth(step) else {
+                    continue;
+                };
+                let silent = window.iter().all(|v| v.abs() < DIGITAL_SILENCE);
+                if silent {
+                    probs[i].push(0.0);
+                    stream.state = [0.0; VAD_STATE];
+                } else {
+                    scratch.rows.push(i);
+                    scratch.input.extend_from_slice(&stream.context);
+                    scratch.input.extend_from_slice(window);
+                    scratch.input.resize(scratch.rows.len() * width, 0.0);
+                }
+                // The next window's context: the last samples of this one (zero-padded).
+                let mut last = [0.0; VAD_WINDOW];
+                last[..window.len()].copy_from_slice(window);
+                stream
+                    .context
+                    .copy_from_slice(&last[VAD_WINDOW - VAD_CONTEXT..]);
+            }
+            let b = scratch.rows.len();
+            if b == 0 {
+                continue;
+            }
+            // State [2, b, 128]: the two layers of every row.
+            scratch.state.clear();
+            for layer in 0..2 {
+                for &i in &scratch.rows {
+                    scratch
+                        .state
+                        .extend_from_slice(&streams[i].0.state[layer * 128..(layer + 1) * 128]);
+                }
+            }
             let outputs = session
                 .run(ort::inputs![
-                    "input" => TensorRef::from_array_view(([1, VAD_CONTEXT + VAD_WINDOW], &*scratch.input)).map_err(|e| err(&e))?,
-                    "state" => TensorRef::from_array_view(([2, 1, 128], &*scratch.state)).map_err(|e| err(&e))?,
+                    "input" => TensorRef::from_array_view(([b, width], &*scratch.input)).map_err(|e| err(&e))?,
+                    "state" => TensorRef::from_array_view(([2, b, 128], &*scratch.state)).map_err(|e| err(&e))?,
                     "sr" => &sr,
                 ])
                 .map_err(|e| err(&e))?;
             let (_, p) = outputs["output"]
                 .try_extract_tensor::<f32>()
                 .map_err(|e| err(&e))?;
-            probs.push(p.first().copied().unwrap_or(0.0));
             let (_, state) = outputs["stateN"]
                 .try_extract_tensor::<f32>()
                 .map_err(|e| err(&e))?;
-            scratch.state.copy_from_slice(&state[..2 * 128]);
+            if p.len() < b || state.len() < 2 * b * 128 {
+                return Err(err(&format!(
+                    "expected {b} probabilities and state [2, {b}, 128], got {} and {} values",
+                    p.len(),
+                    state.len()
+                )));
+            }
+            for (row, &i) in scratch.rows.iter().enumerate() {
+                probs[i].push(p[row]);
+                let stream = &mut streams[i].0;
+                for layer in 0..2 {
+                    let from = (layer * b + row) * 128;
+                    stream.state[layer * 128..(layer + 1) * 128]
+                        .copy_from_slice(&state[from..from + 128]);
+                }
+            }
         }
         Ok(probs)
     }
 
-    /// Transcribes each clip (at most 30 s each): text and confidence.
-    pub fn recognize(&self, clips: &[&[f32]]) -> Result<Vec<(String, f32)>, Error> {
-        let mut out = Vec::with_capacity(clips.len());
-        for chunk in clips.chunks(self.batch) {
-            let (cross_k, cross_v) = self.encode(chunk)?;
-            for (tokens, confidence) in self.decode(chunk.len(), &cross_k, &cross_v)? {
-                let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
-                let text = self
-                    .tokenizer
-                    .decode(&ids, true)
-                    .map_err(|e| model_err("whisper-tokenizer")(&e))?;
-                out.push((text.trim().to_string(), confidence));
-            }
-        }
-        Ok(out)
+    /// Mel frames of the window Whisper sees for a phrase of `samples`: the phrase plus
+    /// [`WINDOW_MARGIN`], at least `speech.min_window`, at most 30 s.
+    pub fn window_frames(&self, samples: usize) -> usize {
+        frames_for((samples + WINDOW_MARGIN) as f64).max(self.min_window)
     }
 
-    /// Log-mel features of each clip through the encoder: the cross-attention keys and values.
-    fn encode(&self, clips: &[&[f32]]) -> Result<(DynValue, DynValue), Error> {
+    /// Transcribes each clip (at most 30 s each): text and confidence.
+    pub fn recognize(&self, clips: &[&[f32]]) -> Result<Vec<(String, f32)>, Error> {
+        let mut out: Vec<Option<(String, f32)>> = vec![None; clips.len()];
+        let mut again = Vec::new();
+        for (n, chunk) in clips.chunks(self.batch).enumerate() {
+            let frames = chunk
+                .iter()
+                .map(|c| self.window_frames(c.len()))
+                .max()
+                .unwrap_or(N_FRAMES);
+            let fitted = frames < N_FRAMES;
+            let caps: Vec<usize> = chunk
+                .iter()
+                .map(|c| {
+                    if fitted {
+                        token_cap(c.len())
+                    } else {
+                        MAX_TOKENS
+                    }
+                })
+                .collect();
+            let (cross_k, cross_v) = self.encode(chunk, frames)?;
+            let decoded = self.decode(chunk.len(), &cross_k, &cross_v, &caps)?;
+            for (i, (tokens, confidence, capped)) in decoded.into_iter().enumerate() {
+                let at = n * self.batch + i;
+                if fitted && (capped || ends_in_repeat(&tokens)) {
+                    again.push(at);
+                } else {
+                    out[at] = Some((self.text(&tokens)?, confidence));
+                }
+            }
+        }
+        // Fitted windows that ran on or repeated themselves: Whisper's own 30 s window.
+        self.full_windows.increment(again.len() as u64);
+        for chunk in again.chunks(self.batch) {
+            let clips: Vec<&[f32]> = chunk.iter().map(|&i| clips[i]).collect();
+            let (cross_k, cross_v) = self.encode(&clips, N_FRAMES)?;
+            let caps = vec![MAX_TOKENS; clips.len()];
+            let decoded = self.decode(clips.len(), &cross_k, &cross_v, &caps)?;
+            for (&i, (tokens, confidence, _)) in chunk.iter().zip(decoded) {
+                out[i] = Some((self.text(&tokens)?, confidence));
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    fn text(&self, tokens: &[i64]) -> Result<String, Error> {
+        let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+        let text = self
+            .tokenizer
+            .decode(&ids, true)
+            .map_err(|e| model_err("whisper-tokenizer")(&e))?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Log-mel features of each clip, `frames` long, through the encoder: the
+    /// cross-attention keys and values.
+    fn encode(&self, clips: &[&[f32]], frames: usize) -> Result<(DynValue, DynValue), Error> {
         let err = model_err("whisper-encoder");
         let mut guard = lock(&self.encoder);
         let Slot { session, scratch } = &mut *guard;
-        let per = N_MELS * N_FRAMES;
+        let per = N_MELS * frames;
         scratch.mel.resize(clips.len() * per, 0.0);
         {
             let mut front = self.front.lock().unwrap_or_else(|p| p.into_inner());
             for (clip, dst) in clips.iter().zip(scratch.mel.chunks_mut(per)) {
-                front.log_mel(clip, dst);
+                front.log_mel(clip, dst, frames);
             }
         }
-        let mel = TensorRef::from_array_view(([clips.len(), N_MELS, N_FRAMES], &*scratch.mel))
+        let mel = TensorRef::from_array_view(([clips.len(), N_MELS, frames], &*scratch.mel))
             .map_err(|e| err(&e))?;
         let mut outputs = session
             .run(ort::inputs!["mel" => mel])
@@ -229,13 +382,16 @@ impl Speech {
         Ok((k, v))
     }
 
-    /// Greedy decoding of `n` clips at once with the self-attention KV cache.
+    /// Greedy decoding of `n` clips at once with the self-attention KV cache, clip `b`
+    /// stopping after `caps[b]` tokens. Returns each clip's tokens, confidence, and whether
+    /// it was stopped at its cap rather than by end of text.
     fn decode(
         &self,
         n: usize,
         cross_k: &DynValue,
         cross_v: &DynValue,
-    ) -> Result<Vec<(Vec<i64>, f32)>, Error> {
+        caps: &[usize],
+    ) -> Result<Vec<(Vec<i64>, f32, bool)>, Error> {
         let err = model_err("whisper-decoder");
         let mut session = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
         let empty = || Tensor::from_array(([LAYERS, n, 0, D_MODEL], Vec::<f32>::new()));
@@ -249,7 +405,9 @@ impl Speech {
         let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); n];
         let mut logprob = vec![0.0f32; n];
         let mut done = vec![false; n];
-        for i in 0..MAX_TOKENS {
+        let mut capped = vec![false; n];
+        let longest = caps.iter().copied().max().unwrap_or(MAX_TOKENS);
+        for i in 0..longest.min(MAX_TOKENS) {
             let mut outputs = session
                 .run(ort::inputs![
                     "tokens" => TensorRef::from_array_view(([n, width], &*step)).map_err(|e| err(&e))?,
@@ -284,6 +442,10 @@ impl Speech {
                     done[b] = true;
                 } else {
                     tokens[b].push(best as i64);
+                    if tokens[b].len() >= caps[b] {
+                        done[b] = true;
+                        capped[b] = true;
+                    }
                 }
                 next.push(best as i64);
             }
@@ -300,15 +462,40 @@ impl Speech {
             step = next;
             width = 1;
         }
+        // Out of steps without an end of text.
+        for (c, d) in capped.iter_mut().zip(&done) {
+            *c |= !d;
+        }
         Ok(tokens
             .into_iter()
             .zip(logprob)
-            .map(|(t, lp)| {
+            .zip(capped)
+            .map(|((t, lp), capped)| {
                 let steps = (t.len() + 1) as f32;
-                (t, (lp / steps).exp())
+                (t, (lp / steps).exp(), capped)
             })
             .collect())
     }
+}
+
+/// Mel frames (even, as the encoder's stride-2 convolution wants, at most 30 s) that hold
+/// `samples` of audio.
+fn frames_for(samples: f64) -> usize {
+    let frames = (samples / HOP as f64).ceil().max(2.0) as usize;
+    (frames.div_ceil(2) * 2).min(N_FRAMES)
+}
+
+/// Most tokens a phrase of `samples` can hold in a fitted window: 10 a second (fast
+/// speech is about 6) plus 10. A transcript that reaches it has run on.
+fn token_cap(samples: usize) -> usize {
+    (samples * 10 / SAMPLE_RATE as usize + 10).min(MAX_TOKENS)
+}
+
+/// Whether the transcript ends by saying its last three or more tokens twice in a row, as
+/// Whisper does when it runs on past the audio ("... Fail better. Fail better.").
+fn ends_in_repeat(tokens: &[i64]) -> bool {
+    let n = tokens.len();
+    (3..=n / 2).any(|k| tokens[n - k..] == tokens[n - 2 * k..n - k])
 }
 
 /// log softmax of `row` at index `k`.
@@ -406,8 +593,10 @@ impl MelFrontEnd {
         }
     }
 
-    /// Writes the [80, 3000] features of `audio` into `out`.
-    pub fn log_mel(&mut self, audio: &[f32], out: &mut [f32]) {
+    /// Writes the [80, `frames`] features of `audio` into `out`: the first `frames` (at
+    /// most 3000) of its 30 s window.
+    pub fn log_mel(&mut self, audio: &[f32], out: &mut [f32], frames: usize) {
+        let frames = frames.min(N_FRAMES);
         let bins = N_FFT / 2 + 1;
         let pad = N_FFT / 2;
         let n = audio.len().min(N_SAMPLES);
@@ -419,7 +608,7 @@ impl MelFrontEnd {
             self.padded[pad - 1 - i] = self.padded[pad + 1 + i];
             self.padded[pad + N_SAMPLES + i] = self.padded[pad + N_SAMPLES - 2 - i];
         }
-        for t in 0..N_FRAMES {
+        for t in 0..frames {
             let src = &self.padded[t * HOP..t * HOP + N_FFT];
             for ((f, s), w) in self.frame.iter_mut().zip(src).zip(&self.window) {
                 *f = s * w;
@@ -427,19 +616,19 @@ impl MelFrontEnd {
             // Sizes are fixed at construction, so the FFT cannot fail.
             let _ = self.fft.process(&mut self.frame, &mut self.spectrum);
             for (k, c) in self.spectrum.iter().enumerate() {
-                self.power[k * N_FRAMES + t] = c.norm_sqr();
+                self.power[k * frames + t] = c.norm_sqr();
             }
         }
         let mut max = f32::NEG_INFINITY;
         for m in 0..N_MELS {
-            let row = &mut out[m * N_FRAMES..(m + 1) * N_FRAMES];
+            let row = &mut out[m * frames..(m + 1) * frames];
             row.fill(0.0);
             let weights = &self.filters[m * bins..(m + 1) * bins];
             for (k, &w) in weights.iter().enumerate() {
                 if w == 0.0 {
                     continue;
                 }
-                let p = &self.power[k * N_FRAMES..(k + 1) * N_FRAMES];
+                let p = &self.power[k * frames..(k + 1) * frames];
                 for (o, &v) in row.iter_mut().zip(p) {
                     *o += w * v;
                 }
@@ -449,16 +638,17 @@ impl MelFrontEnd {
                 max = max.max(*v);
             }
         }
-        for v in out[..N_MELS * N_FRAMES].iter_mut() {
+        for v in out[..N_MELS * frames].iter_mut() {
             *v = (v.max(max - 8.0) + 4.0) / 4.0;
         }
     }
 }
 
-/// Log-mel features of `audio` as [80 x 3000] values (see [`MelFrontEnd`]).
-pub fn log_mel(audio: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0; N_MELS * N_FRAMES];
-    MelFrontEnd::new().log_mel(audio, &mut out);
+/// Log-mel features of `audio` as [80 x `frames`] values, the first `frames` (at most
+/// 3000) of its 30 s window (see [`MelFrontEnd`]).
+pub fn log_mel(audio: &[f32], frames: usize) -> Vec<f32> {
+    let mut out = vec![0.0; N_MELS * frames.min(N_FRAMES)];
+    MelFrontEnd::new().log_mel(audio, &mut out, frames);
     out
 }
 
@@ -536,6 +726,27 @@ mod tests {
     }
 
     #[test]
+    fn fitted_windows_are_even_frames_within_30_seconds() {
+        assert_eq!(frames_for(16_000.0), 100);
+        assert_eq!(frames_for(16_001.0), 102);
+        assert_eq!(frames_for(0.0), 2);
+        assert_eq!(frames_for(40.0 * 16_000.0), N_FRAMES);
+    }
+
+    #[test]
+    fn a_transcript_past_its_cap_or_ending_in_a_repeat_has_run_on() {
+        // 4 s of audio may hold 50 tokens; 30 s no more than Whisper's own limit.
+        assert_eq!(token_cap(4 * 16_000), 50);
+        assert_eq!(token_cap(30 * 16_000), MAX_TOKENS);
+        assert!(ends_in_repeat(&[9, 1, 2, 3, 1, 2, 3]));
+        assert!(ends_in_repeat(&[1, 2, 3, 4, 1, 2, 3, 4]));
+        // A word said twice is speech, not a loop; nor is a repeat that does not end it.
+        assert!(!ends_in_repeat(&[7, 8, 1, 2, 1, 2]));
+        assert!(!ends_in_repeat(&[1, 2, 3, 1, 2, 3, 4]));
+        assert!(!ends_in_repeat(&[]));
+    }
+
+    #[test]
     fn mel_filters_match_librosa_shape() {
         let f = mel_filters();
         let bins = N_FFT / 2 + 1;
@@ -552,7 +763,7 @@ mod tests {
 
     #[test]
     fn silence_gives_the_floor_value() {
-        let mel = log_mel(&[0.0; 16000]);
+        let mel = log_mel(&[0.0; 16000], N_FRAMES);
         // log10(1e-10) = -10, the maximum too, so (-10 + 4) / 4 everywhere.
         assert!(mel.iter().all(|&v| (v + 1.5).abs() < 1e-6));
     }

@@ -8,8 +8,11 @@
 //! instead of adding one per sample. A batch is followed in capture order; a frame older
 //! than its camera's latest analysed one (the in-process bus hands out the newest frame
 //! first) gives insights of its own. Audio chunks are gathered per camera until voice
-//! activity detection sees a phrase end, then the phrase is transcribed. Stored insights
-//! are published on `panoptes.insights.<camera>` for live listeners.
+//! activity detection sees a phrase end, then the phrase is transcribed: every chunk
+//! waiting is taken at once, so the voice activity of all cameras runs together and
+//! phrases that end together are transcribed in one batch. Each camera's audio goes
+//! through voice activity detection once, as it arrives. Stored insights are published
+//! on `panoptes.insights.<camera>` for live listeners.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::speech::{VAD_WINDOW, VadStream};
 use super::{Detection, Models, TextLine, decode_image};
 use crate::bus::{Bus, StreamKind};
 use crate::config::InferConfig;
@@ -29,6 +33,8 @@ use crate::store::insights::{Insight, InsightStore, Kind, insight_id};
 const SAME_PLACE_IOU: f32 = 0.5;
 /// Audio kept per camera while a phrase is still going on.
 const MAX_PENDING_AUDIO_S: usize = 30;
+/// Most audio chunks taken from the bus in one pass.
+const AUDIO_BATCH: usize = 512;
 
 /// Everything the worker needs, shared by its tasks.
 pub struct Worker {
@@ -56,9 +62,43 @@ struct Track {
 }
 
 /// Audio of one camera not yet transcribed.
+#[derive(Default)]
 struct PendingAudio {
     start_ns: i64,
     samples: Vec<f32>,
+    /// Speech probability of each whole VAD window of `samples` looked at so far.
+    probs: Vec<f32>,
+    vad: VadStream,
+}
+
+impl PendingAudio {
+    /// Unix ns of sample `s` of the buffer.
+    fn ns(&self, s: usize) -> i64 {
+        self.start_ns + (s as i64 * 1_000_000_000 / i64::from(super::speech::SAMPLE_RATE))
+    }
+
+    /// Adds a chunk; a gap (reconnect, dropped chunk) starts over, since audio on both
+    /// sides of it is not one phrase.
+    fn push(&mut self, start_ns: i64, pcm: &[u8]) {
+        let expected = self.ns(self.samples.len());
+        if self.samples.is_empty() || (start_ns - expected).abs() > 200_000_000 {
+            *self = PendingAudio {
+                start_ns,
+                ..PendingAudio::default()
+            };
+        }
+        self.samples.extend(
+            pcm.chunks_exact(2)
+                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0),
+        );
+    }
+
+    /// Drops the samples before `from` (a whole number of VAD windows).
+    fn drain(&mut self, from: usize) {
+        self.start_ns = self.ns(from);
+        self.samples.drain(..from);
+        self.probs.drain(..from / VAD_WINDOW);
+    }
 }
 
 impl Worker {
@@ -206,34 +246,38 @@ impl Worker {
         };
         let failed = metrics::counter!("panoptes_infer_errors_total", "stream" => "audio");
         loop {
-            let d = tokio::select! {
+            let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 d = consumer.next(Duration::from_millis(500)) => d,
             };
-            let Some(d) = d else { continue };
-            let m = d.message();
-            let chunk = AudioIn {
-                camera: m.header("camera").unwrap_or_default().to_string(),
-                start_ns: m
-                    .header("start-ns")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-                pcm: m.payload.clone(),
-            };
-            let me = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || me.process_audio(chunk)).await {
-                Ok(Ok(stored)) => {
-                    let _ = d.ack().await;
-                    self.announce(stored).await;
+            let Some(first) = first else { continue };
+            // Whatever else is waiting goes along: all cameras' audio in one pass.
+            let mut batch = vec![first];
+            while batch.len() < AUDIO_BATCH {
+                match consumer.next(Duration::ZERO).await {
+                    Some(d) => batch.push(d),
+                    None => break,
                 }
-                Ok(Err(e)) => {
-                    failed.increment(1);
-                    let _ = d.nak(&e).await;
+            }
+            let chunks: Vec<AudioIn> = batch.iter().map(|d| AudioIn::from(d.message())).collect();
+            let me = Arc::clone(&self);
+            let outcome = tokio::task::spawn_blocking(move || me.process_audio(chunks))
+                .await
+                .unwrap_or_else(|e| Err(format!("inference panicked: {e}")));
+            match outcome {
+                Ok(stored) => {
+                    for d in batch {
+                        let _ = d.ack().await;
+                    }
+                    self.announce(stored).await;
                 }
                 Err(e) => {
                     failed.increment(1);
-                    let _ = d.nak(&format!("inference panicked: {e}")).await;
+                    tracing::warn!(error = %e, chunks = batch.len(), "audio failed; it will be redelivered");
+                    for d in batch {
+                        let _ = d.nak(&e).await;
+                    }
                 }
             }
         }
@@ -316,59 +360,85 @@ impl Worker {
         Ok(written)
     }
 
-    /// Adds one chunk to the camera's pending audio and transcribes the phrases that have
-    /// ended. Returns the insights written.
-    fn process_audio(&self, chunk: AudioIn) -> Result<Vec<Insight>, String> {
+    /// Adds chunks to their cameras' pending audio, runs voice activity detection over the
+    /// new audio of every camera at once, and transcribes the phrases that have ended.
+    /// Returns the insights written.
+    fn process_audio(&self, chunks: Vec<AudioIn>) -> Result<Vec<Insight>, String> {
         let Some(speech) = &self.models.speech else {
             return Ok(Vec::new());
         };
         let rate = super::speech::SAMPLE_RATE as usize;
-        let samples: Vec<f32> = chunk
-            .pcm
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
-            .collect();
         let mut pending = self.audio.lock().unwrap_or_else(|p| p.into_inner());
-        let buf = pending.entry(chunk.camera.clone()).or_insert(PendingAudio {
-            start_ns: chunk.start_ns,
-            samples: Vec::new(),
-        });
-        // A gap (reconnect, dropped chunk) starts over: audio on both sides is not one phrase.
-        let expected = buf.start_ns + (buf.samples.len() as i64 * 1_000_000_000 / rate as i64);
-        if buf.samples.is_empty() || (chunk.start_ns - expected).abs() > 200_000_000 {
-            buf.start_ns = chunk.start_ns;
-            buf.samples.clear();
+        let mut cameras: Vec<String> = Vec::new();
+        for chunk in &chunks {
+            pending
+                .entry(chunk.camera.clone())
+                .or_default()
+                .push(chunk.start_ns, &chunk.pcm);
+            if !cameras.contains(&chunk.camera) {
+                cameras.push(chunk.camera.clone());
+            }
         }
-        buf.samples.extend_from_slice(&samples);
-        let ranges = speech
-            .speech_ranges(&buf.samples)
-            .map_err(|e| e.to_string())?;
-        let len = buf.samples.len();
-        let full = len >= MAX_PENDING_AUDIO_S * rate;
-        // A phrase touching the end may go on in the next chunk: wait, unless the buffer is full.
-        let done: Vec<(usize, usize)> = ranges
-            .iter()
-            .copied()
-            .filter(|&(_, b)| b + rate / 2 < len || full)
+        // Voice activity of the whole windows not looked at yet, all cameras together.
+        let mut bufs: Vec<(&String, &mut PendingAudio)> = pending
+            .iter_mut()
+            .filter(|(camera, _)| cameras.contains(camera))
             .collect();
-        let keep_from = ranges
+        let probs = {
+            let mut streams: Vec<(&mut VadStream, &[f32])> = bufs
+                .iter_mut()
+                .map(|(_, buf)| {
+                    let from = buf.probs.len() * VAD_WINDOW;
+                    let whole = (buf.samples.len() - from) / VAD_WINDOW * VAD_WINDOW;
+                    (&mut buf.vad, &buf.samples[from..from + whole])
+                })
+                .collect();
+            speech
+                .voice_activity(&mut streams)
+                .map_err(|e| e.to_string())?
+        };
+        // Phrases that have ended: their padded end lies half a second before the last
+        // audio looked at (one closer may go on in the next chunk), or the buffer is full.
+        let mut phrases: Vec<(&String, usize, usize)> = Vec::new();
+        let mut keep: Vec<(&String, usize)> = Vec::new();
+        for ((camera, buf), p) in bufs.iter_mut().zip(probs) {
+            buf.probs.extend(p);
+            let len = buf.probs.len() * VAD_WINDOW;
+            let ranges = speech.phrases(&buf.probs, len);
+            let full = buf.samples.len() >= MAX_PENDING_AUDIO_S * rate;
+            let ended = |b: usize| full || b + rate / 2 < len;
+            phrases.extend(
+                ranges
+                    .iter()
+                    .filter(|&&(_, b)| ended(b))
+                    .map(|&(a, b)| (*camera, a, b)),
+            );
+            let keep_from = ranges
+                .iter()
+                .find(|&&(_, b)| !ended(b))
+                .map_or(len.saturating_sub(rate / 2), |&(a, _)| a);
+            // Whole windows, so the probabilities kept still line up with the samples.
+            keep.push((*camera, keep_from / VAD_WINDOW * VAD_WINDOW));
+        }
+        let bufs: HashMap<&String, &PendingAudio> =
+            bufs.into_iter().map(|(c, b)| (c, &*b)).collect();
+        let clips: Vec<&[f32]> = phrases
             .iter()
-            .find(|&&(_, b)| b + rate / 2 >= len && !full)
-            .map_or(len.saturating_sub(rate / 2), |&(a, _)| a);
-        let clips: Vec<&[f32]> = done.iter().map(|&(a, b)| &buf.samples[a..b]).collect();
+            .map(|(camera, a, b)| &bufs[camera].samples[*a..*b])
+            .collect();
         let texts = speech.recognize(&clips).map_err(|e| e.to_string())?;
-        let ns = |s: usize| buf.start_ns + (s as i64 * 1_000_000_000 / rate as i64);
         let mut written = Vec::new();
-        for (&(a, b), (text, confidence)) in done.iter().zip(texts) {
+        for ((camera, a, b), (text, confidence)) in phrases.iter().zip(texts) {
             if text.is_empty() {
                 continue;
             }
+            let buf = bufs[camera];
             written.push(Insight {
-                id: insight_id(&chunk.camera, Kind::Speech, ns(a), 0),
-                camera: chunk.camera.clone(),
+                id: insight_id(camera, Kind::Speech, buf.ns(*a), 0),
+                camera: camera.to_string(),
                 kind: Kind::Speech,
-                ts: DateTime::from_timestamp_nanos(ns(a)),
-                ts_end: Some(DateTime::from_timestamp_nanos(ns(b))),
+                ts: DateTime::from_timestamp_nanos(buf.ns(*a)),
+                ts_end: Some(DateTime::from_timestamp_nanos(buf.ns(*b))),
                 label: None,
                 text: Some(text),
                 confidence,
@@ -378,9 +448,13 @@ impl Worker {
                 model: "whisper-tiny.en".into(),
             });
         }
-        let new_start = ns(keep_from);
-        buf.samples.drain(..keep_from);
-        buf.start_ns = new_start;
+        let keep: Vec<(String, usize)> = keep.into_iter().map(|(c, f)| (c.clone(), f)).collect();
+        drop(bufs);
+        for (camera, from) in keep {
+            if let Some(buf) = pending.get_mut(&camera) {
+                buf.drain(from);
+            }
+        }
         drop(pending);
         self.store(&written)?;
         Ok(written)
@@ -573,6 +647,19 @@ struct AudioIn {
     camera: String,
     start_ns: i64,
     pcm: Bytes,
+}
+
+impl From<&crate::bus::Message> for AudioIn {
+    fn from(m: &crate::bus::Message) -> Self {
+        AudioIn {
+            camera: m.header("camera").unwrap_or_default().to_string(),
+            start_ns: m
+                .header("start-ns")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            pcm: m.payload.clone(),
+        }
+    }
 }
 
 fn normalize(s: &str) -> String {
