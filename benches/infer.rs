@@ -62,6 +62,7 @@ use serde_json::{Value, json};
 use panoptes::config::{InferConfig, ModelsConfig};
 use panoptes::infer::{
     Detector, Embedder, Ocr, RgbImage, Runtime, Speech, decode_image, log_mel, similarity,
+    whisper_files,
 };
 
 const CASES: [&str; 4] = ["detect", "ocr", "speech", "embed"];
@@ -839,14 +840,10 @@ fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Cas
     }
     // One thread, as Panoptes runs its VAD.
     let mut vad = rt.session_with_threads("bare-vad", "silero-vad/silero_vad.onnx", 1)?;
-    let mut encoder = rt.session(
-        "bare-whisper-encoder",
-        "whisper-tiny.en/whisper-tiny.en-encoder.onnx",
-    )?;
-    let mut decoder = rt.session(
-        "bare-whisper-decoder",
-        "whisper-tiny.en/whisper-tiny.en-decoder.onnx",
-    )?;
+    // The graphs Panoptes runs on this provider (int8 weights on the CPU).
+    let (encoder_file, decoder_file) = whisper_files(rt.provider());
+    let mut encoder = rt.session("bare-whisper-encoder", encoder_file)?;
+    let mut decoder = rt.session("bare-whisper-decoder", decoder_file)?;
     let (sot, eot, no_ts) = {
         let meta = decoder.metadata().map_err(err)?;
         let token = |k: &str, d: i64| {

@@ -327,8 +327,9 @@ def mel_filterbank():
 class Speech:
     def __init__(self, cfg):
         self.vad = session(cfg, "silero-vad/silero_vad.onnx")
-        self.encoder = session(cfg, "whisper-tiny.en/whisper-tiny.en-encoder.onnx")
-        self.decoder = session(cfg, "whisper-tiny.en/whisper-tiny.en-decoder.onnx")
+        # The int8 graphs, as Panoptes runs them on the CPU.
+        self.encoder = session(cfg, "whisper-tiny.en/whisper-tiny.en-encoder.int8.onnx")
+        self.decoder = session(cfg, "whisper-tiny.en/whisper-tiny.en-decoder.int8.onnx")
         meta = self.decoder.get_modelmeta().custom_metadata_map
         self.sot = int(meta.get("sot", 50257))
         self.eot = int(meta.get("eot", 50256))

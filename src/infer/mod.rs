@@ -28,7 +28,7 @@ pub use detect::{Detection, Detector};
 pub use embed::{Embedder, QueryEmbedder, similarity};
 pub use ocr::{Ocr, TextLine};
 pub use pixels::{BBox, decode as decode_image};
-pub use speech::{Speech, SpeechSegment, VadStream, log_mel};
+pub use speech::{Speech, SpeechSegment, VadStream, log_mel, whisper_files};
 
 /// An image as decoded RGB pixels.
 pub type RgbImage = image::RgbImage;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use super::{Error, Runtime, Shared, Slot, lock, model_err};
-use crate::config::SpeechConfig;
+use crate::config::{Provider, SpeechConfig};
 
 /// Sample rate every speech model here works at.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -126,14 +126,9 @@ impl Speech {
     pub fn load(rt: &Runtime, cfg: &SpeechConfig) -> Result<Self, Error> {
         // Small runs (a window of each talking camera) go faster on one thread.
         let vad = rt.session_with_threads("vad", "silero-vad/silero_vad.onnx", 1)?;
-        let encoder = rt.session(
-            "whisper-encoder",
-            "whisper-tiny.en/whisper-tiny.en-encoder.onnx",
-        )?;
-        let decoder = rt.session(
-            "whisper-decoder",
-            "whisper-tiny.en/whisper-tiny.en-decoder.onnx",
-        )?;
+        let (encoder, decoder) = whisper_files(rt.provider());
+        let encoder = rt.session("whisper-encoder", encoder)?;
+        let decoder = rt.session("whisper-decoder", decoder)?;
         let err = model_err("whisper-decoder");
         let meta = decoder.metadata().map_err(|e| err(&e))?;
         let token = |key: &str, default: i64| {
@@ -291,6 +286,11 @@ impl Speech {
             }
         }
         Ok(probs)
+    }
+
+    /// Phrases [`Speech::recognize`] transcribes in one run.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Mel frames of the window Whisper sees for a phrase of `samples`: the phrase plus
@@ -475,6 +475,23 @@ impl Speech {
                 (t, (lp / steps).exp(), capped)
             })
             .collect())
+    }
+}
+
+/// The Whisper encoder and decoder (under the models directory) for `provider`. On the
+/// CPU, the graphs with int8 weights: about 1.5x faster, with the same transcripts in the
+/// install's checks. A GPU runs the float graphs (int8 activations are quantized on the
+/// CPU at every run).
+pub fn whisper_files(provider: Provider) -> (&'static str, &'static str) {
+    match provider {
+        Provider::Cpu => (
+            "whisper-tiny.en/whisper-tiny.en-encoder.int8.onnx",
+            "whisper-tiny.en/whisper-tiny.en-decoder.int8.onnx",
+        ),
+        Provider::Cuda | Provider::Tensorrt => (
+            "whisper-tiny.en/whisper-tiny.en-encoder.onnx",
+            "whisper-tiny.en/whisper-tiny.en-decoder.onnx",
+        ),
     }
 }
 

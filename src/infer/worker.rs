@@ -261,16 +261,11 @@ impl Worker {
                 }
             }
             let chunks: Vec<AudioIn> = batch.iter().map(|d| AudioIn::from(d.message())).collect();
-            let me = Arc::clone(&self);
-            let outcome = tokio::task::spawn_blocking(move || me.process_audio(chunks))
-                .await
-                .unwrap_or_else(|e| Err(format!("inference panicked: {e}")));
-            match outcome {
-                Ok(stored) => {
+            match self.process_audio(chunks).await {
+                Ok(()) => {
                     for d in batch {
                         let _ = d.ack().await;
                     }
-                    self.announce(stored).await;
                 }
                 Err(e) => {
                     failed.increment(1);
@@ -360,10 +355,35 @@ impl Worker {
         Ok(written)
     }
 
+    /// Adds chunks to their cameras' pending audio and transcribes the phrases that have
+    /// ended, a batch at a time, oldest first; each batch is stored and announced as soon
+    /// as it is transcribed.
+    async fn process_audio(self: &Arc<Self>, chunks: Vec<AudioIn>) -> Result<(), String> {
+        let panicked = |e: tokio::task::JoinError| format!("inference panicked: {e}");
+        let Some(speech) = &self.models.speech else {
+            return Ok(());
+        };
+        let batch = speech.batch();
+        let me = Arc::clone(self);
+        let mut phrases = tokio::task::spawn_blocking(move || me.ended_phrases(chunks))
+            .await
+            .map_err(panicked)??;
+        phrases.sort_by_key(|p| p.end_ns);
+        while !phrases.is_empty() {
+            let rest = phrases.split_off(batch.min(phrases.len()));
+            let now = std::mem::replace(&mut phrases, rest);
+            let me = Arc::clone(self);
+            let stored = tokio::task::spawn_blocking(move || me.transcribe(now))
+                .await
+                .map_err(panicked)??;
+            self.announce(stored).await;
+        }
+        Ok(())
+    }
+
     /// Adds chunks to their cameras' pending audio, runs voice activity detection over the
-    /// new audio of every camera at once, and transcribes the phrases that have ended.
-    /// Returns the insights written.
-    fn process_audio(&self, chunks: Vec<AudioIn>) -> Result<Vec<Insight>, String> {
+    /// new audio of every camera at once, and cuts out the phrases that have ended.
+    fn ended_phrases(&self, chunks: Vec<AudioIn>) -> Result<Vec<Phrase>, String> {
         let Some(speech) = &self.models.speech else {
             return Ok(Vec::new());
         };
@@ -397,48 +417,50 @@ impl Worker {
                 .voice_activity(&mut streams)
                 .map_err(|e| e.to_string())?
         };
-        // Phrases that have ended: their padded end lies half a second before the last
-        // audio looked at (one closer may go on in the next chunk), or the buffer is full.
-        let mut phrases: Vec<(&String, usize, usize)> = Vec::new();
-        let mut keep: Vec<(&String, usize)> = Vec::new();
+        let mut phrases = Vec::new();
         for ((camera, buf), p) in bufs.iter_mut().zip(probs) {
             buf.probs.extend(p);
             let len = buf.probs.len() * VAD_WINDOW;
             let ranges = speech.phrases(&buf.probs, len);
+            // A phrase has ended when its padded end lies half a second before the last
+            // audio looked at (one closer may go on in the next chunk), or the buffer is full.
             let full = buf.samples.len() >= MAX_PENDING_AUDIO_S * rate;
             let ended = |b: usize| full || b + rate / 2 < len;
-            phrases.extend(
-                ranges
-                    .iter()
-                    .filter(|&&(_, b)| ended(b))
-                    .map(|&(a, b)| (*camera, a, b)),
-            );
+            for &(a, b) in ranges.iter().filter(|&&(_, b)| ended(b)) {
+                phrases.push(Phrase {
+                    camera: camera.to_string(),
+                    start_ns: buf.ns(a),
+                    end_ns: buf.ns(b),
+                    samples: buf.samples[a..b].to_vec(),
+                });
+            }
             let keep_from = ranges
                 .iter()
                 .find(|&&(_, b)| !ended(b))
                 .map_or(len.saturating_sub(rate / 2), |&(a, _)| a);
             // Whole windows, so the probabilities kept still line up with the samples.
-            keep.push((*camera, keep_from / VAD_WINDOW * VAD_WINDOW));
+            buf.drain(keep_from / VAD_WINDOW * VAD_WINDOW);
         }
-        let bufs: HashMap<&String, &PendingAudio> =
-            bufs.into_iter().map(|(c, b)| (c, &*b)).collect();
-        let clips: Vec<&[f32]> = phrases
-            .iter()
-            .map(|(camera, a, b)| &bufs[camera].samples[*a..*b])
-            .collect();
+        Ok(phrases)
+    }
+
+    /// Transcribes phrases and stores what was said. Returns the insights written.
+    fn transcribe(&self, phrases: Vec<Phrase>) -> Result<Vec<Insight>, String> {
+        let Some(speech) = &self.models.speech else {
+            return Ok(Vec::new());
+        };
+        let clips: Vec<&[f32]> = phrases.iter().map(|p| p.samples.as_slice()).collect();
         let texts = speech.recognize(&clips).map_err(|e| e.to_string())?;
-        let mut written = Vec::new();
-        for ((camera, a, b), (text, confidence)) in phrases.iter().zip(texts) {
-            if text.is_empty() {
-                continue;
-            }
-            let buf = bufs[camera];
-            written.push(Insight {
-                id: insight_id(camera, Kind::Speech, buf.ns(*a), 0),
-                camera: camera.to_string(),
+        let written: Vec<Insight> = phrases
+            .iter()
+            .zip(texts)
+            .filter(|(_, (text, _))| !text.is_empty())
+            .map(|(p, (text, confidence))| Insight {
+                id: insight_id(&p.camera, Kind::Speech, p.start_ns, 0),
+                camera: p.camera.clone(),
                 kind: Kind::Speech,
-                ts: DateTime::from_timestamp_nanos(buf.ns(*a)),
-                ts_end: Some(DateTime::from_timestamp_nanos(buf.ns(*b))),
+                ts: DateTime::from_timestamp_nanos(p.start_ns),
+                ts_end: Some(DateTime::from_timestamp_nanos(p.end_ns)),
                 label: None,
                 text: Some(text),
                 confidence,
@@ -446,16 +468,8 @@ impl Worker {
                 snapshot: None,
                 clip: None,
                 model: "whisper-tiny.en".into(),
-            });
-        }
-        let keep: Vec<(String, usize)> = keep.into_iter().map(|(c, f)| (c.clone(), f)).collect();
-        drop(bufs);
-        for (camera, from) in keep {
-            if let Some(buf) = pending.get_mut(&camera) {
-                buf.drain(from);
-            }
-        }
-        drop(pending);
+            })
+            .collect();
         self.store(&written)?;
         Ok(written)
     }
@@ -640,6 +654,14 @@ fn extend(mut i: Insight, at: DateTime<Utc>, bbox: super::BBox, confidence: f32)
     i.bbox = Some(bbox);
     i.confidence = i.confidence.max(confidence);
     i
+}
+
+/// A phrase that has ended, cut out of its camera's audio.
+struct Phrase {
+    camera: String,
+    start_ns: i64,
+    end_ns: i64,
+    samples: Vec<f32>,
 }
 
 /// An audio chunk from the bus: s16le 16 kHz mono.
