@@ -291,8 +291,8 @@ VAD_WINDOW, VAD_CONTEXT = 512, 64
 MIN_SPEECH, MIN_SILENCE = SAMPLE_RATE // 4, SAMPLE_RATE * 3 // 10
 SPEECH_PAD, MERGE_GAP = SAMPLE_RATE // 5, SAMPLE_RATE * 4 // 5
 MAX_TOKENS, BLANK = 224, 220
-# Panoptes' fitted window: the phrase plus 2 s, at least 8 s (its default min_window).
-WINDOW_MARGIN, MIN_WINDOW = 2 * SAMPLE_RATE, 8 * SAMPLE_RATE
+# Panoptes' fitted window: the phrase plus 2 s, at least 6 s (its default min_window).
+WINDOW_MARGIN, MIN_WINDOW = 2 * SAMPLE_RATE, 6 * SAMPLE_RATE
 
 
 def window_frames(samples):

@@ -39,7 +39,7 @@ Verification runs both models with onnxruntime (CPU), decodes greedily with
 the KV cache, prints the transcript, the word error rate and timings, and exits
 non-zero when the WER exceeds 0.2 or the cached and uncached decoder disagree.
 Each file is transcribed with float and with int8 weights, in the full 30 s
-window and in the window Panoptes fits to it (the audio plus 2 s, at least 8 s).
+window and in the window Panoptes fits to it (the audio plus 2 s, at least 6 s).
 """
 
 import argparse
@@ -743,8 +743,8 @@ class Transcriber:
 
 def fitted_window(samples):
     """Mel frames of the window Panoptes fits to a phrase of ``samples``: the
-    phrase plus 2 s, at least 8 s, at most 30 s, even."""
-    frames = -(-max(samples + 2 * SAMPLE_RATE, 8 * SAMPLE_RATE) // HOP_LENGTH)
+    phrase plus 2 s, at least 6 s, at most 30 s, even."""
+    frames = -(-max(samples + 2 * SAMPLE_RATE, 6 * SAMPLE_RATE) // HOP_LENGTH)
     return min(N_FRAMES, -(-frames // 2) * 2)
 
 

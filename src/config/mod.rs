@@ -886,7 +886,7 @@ fn default_vad_threshold() -> f32 {
 }
 
 fn default_min_window() -> Duration {
-    Duration::from_secs(8)
+    Duration::from_secs(6)
 }
 
 /// RTP transport.
