@@ -714,9 +714,10 @@ pub struct InferConfig {
     /// (`ORT_DYLIB_PATH` overrides both).
     #[serde(default)]
     pub ort_library: Option<PathBuf>,
-    /// Largest number of frames (or text crops, or audio segments) run through a model at
-    /// once. By default 2 on the CPU, where larger batches gain no throughput and make each
-    /// frame wait for the others, and 8 with a GPU provider; see [`InferConfig::frame_batch`].
+    /// Largest number of frames run through the detector and OCR at once (text crops,
+    /// phrases and texts go at least 8 or 16 at a time). By default 1 on the CPU, where
+    /// larger batches gain no throughput and make each frame wait for the others, and 8
+    /// with a GPU provider; see [`InferConfig::frame_batch`].
     #[serde(default)]
     pub batch: Option<usize>,
     /// How long the worker waits for a batch to fill before running what it has.
@@ -761,11 +762,11 @@ impl Default for InferConfig {
 }
 
 impl InferConfig {
-    /// `batch`, or the provider's default: 2 on the CPU, 8 on a GPU.
+    /// `batch`, or the provider's default: 1 on the CPU, 8 on a GPU.
     pub fn frame_batch(&self) -> usize {
         self.batch
             .unwrap_or(match self.provider {
-                Provider::Cpu => 2,
+                Provider::Cpu => 1,
                 Provider::Cuda | Provider::Tensorrt => 8,
             })
             .max(1)
@@ -1467,7 +1468,7 @@ mod tests {
                 .infer
                 .frame_batch()
         };
-        assert_eq!(batch(""), 2);
+        assert_eq!(batch(""), 1);
         assert_eq!(batch("[infer]\nprovider = \"cuda\"\n"), 8);
         assert_eq!(batch("[infer]\nprovider = \"tensorrt\"\n"), 8);
         assert_eq!(batch("[infer]\nbatch = 5\n"), 5);
