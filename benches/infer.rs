@@ -814,7 +814,7 @@ struct DecodeRun {
     steps: Vec<Vec<i64>>,
 }
 
-fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Case<'a>> {
+fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig) -> Result<Case<'a>> {
     const VAD_WINDOW: usize = 512;
     const VAD_CONTEXT: usize = 64;
     let speech = Speech::load(rt, &infer.speech)?;
@@ -861,7 +861,7 @@ fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig, a: &Args) -> Result<Cas
     // Record the decoder steps once (greedy, as Panoptes decodes), so the bare loop replays
     // the same runs without any post-processing of its own.
     let mut runs = Vec::new();
-    for chunk in ranges.chunks(a.batch) {
+    for chunk in ranges.chunks(speech.batch()) {
         let n = chunk.len();
         // The window Panoptes fits to the phrases.
         let frames = chunk
@@ -1231,7 +1231,7 @@ fn main() -> Result<()> {
         let case = match name.as_str() {
             "detect" => detect_case(&rt, &models, &infer, &a),
             "ocr" => ocr_case(&rt, &infer, &a),
-            "speech" => speech_case(&rt, &infer, &a),
+            "speech" => speech_case(&rt, &infer),
             _ => embed_case(&rt, &a),
         }
         .with_context(|| format!("{name}: preparing"))?;

@@ -18,7 +18,8 @@ pre/post-processing a typical Python pipeline uses:
 
 Sessions: CPU provider, intra_op_num_threads = threads, inter_op_num_threads = 1,
 graph_optimization_level = ORT_ENABLE_ALL; OpenCV gets the same number of threads. Batches are the ones Panoptes uses for the same
-batch setting (detect: B; OCR crops: max(B, 8); speech segments: B; embed: max(B, 16)).
+batch setting (detect: B; OCR crops: max(B, 8); speech segments: max(B, 8); embed: max(B, 16)).
+Silero VAD runs on one thread, as silero-vad's own wrapper and Panoptes run it.
 
 Needs numpy, onnxruntime, opencv-python-headless, pyclipper and tokenizers; `cargo bench
 --bench infer` installs the last three into the venv when they are missing.
@@ -49,9 +50,9 @@ import pyclipper
 from tokenizers import Tokenizer
 
 
-def session(cfg, relative):
+def session(cfg, relative, threads=None):
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cfg["threads"]
+    options.intra_op_num_threads = threads or cfg["threads"]
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(os.path.join(cfg["models"], relative), options,
@@ -326,7 +327,8 @@ def mel_filterbank():
 
 class Speech:
     def __init__(self, cfg):
-        self.vad = session(cfg, "silero-vad/silero_vad.onnx")
+        # One thread, as silero-vad's own OnnxWrapper (and Panoptes) run it.
+        self.vad = session(cfg, "silero-vad/silero_vad.onnx", threads=1)
         # The int8 graphs, as Panoptes runs them on the CPU.
         self.encoder = session(cfg, "whisper-tiny.en/whisper-tiny.en-encoder.int8.onnx")
         self.decoder = session(cfg, "whisper-tiny.en/whisper-tiny.en-decoder.int8.onnx")
@@ -338,7 +340,7 @@ class Speech:
         self.cache_shape = (layers, d_model)
         self.tokenizer = Tokenizer.from_file(f"{cfg['models']}/whisper-tiny.en/tokenizer.json")
         self.threshold = cfg["vad_threshold"]
-        self.batch = cfg["batch"]
+        self.batch = max(cfg["batch"], 8)
         self.filters = mel_filterbank()
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
         with wave.open(cfg["wav"], "rb") as w:

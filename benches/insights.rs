@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench insights -- [--clients 8] [--secs 20] [--warmup 3] [--cameras 100]
 //! [--e2e-secs 60] [--interval 10s] [--rebuild] [--insights 1000000] [--synthetic-cameras 1000]
-//! [--recorded-cameras 10] [--calls 1000] [--infer-batch N] [--only build,load,store,e2e,explain]
+//! [--recorded-cameras 10] [--calls 1000] [--infer-batch N] [--off detection,ocr,speech]
+//! [--only build,load,store,e2e,explain]
 //! [--explain]`
 //!
 //! Phases:
@@ -48,7 +49,8 @@
 //!    a sentence). Printed: count, p50/p99/max delay overall, per kind and per 10 s of the
 //!    window (a growing delay means inference does not keep up), frames sampled and inferred,
 //!    frames dropped (`panoptes_bus_dropped_total`, `panoptes_media_dropped_total`), CPU and
-//!    RSS of panoptes.
+//!    RSS of panoptes. `--off speech` (or `detection,ocr`) turns models off, to see what
+//!    the others cost alone.
 //!
 //! `--explain` (or `--only explain`) prints SQLite's plan and the in-process time of the SQL
 //! each request type runs (the statements mirror `src/store/insights.rs`), among them the
@@ -105,6 +107,9 @@ struct Args {
     calls: usize,
     /// `[infer] batch` for the end-to-end run (`None`: the default).
     infer_batch: Option<usize>,
+    /// Models turned off end to end (`detection`, `ocr`, `speech`), to see what the others
+    /// cost alone.
+    off: Vec<String>,
 }
 
 impl Args {
@@ -129,6 +134,7 @@ fn args() -> Args {
         explain: false,
         calls: 1000,
         infer_batch: None,
+        off: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -148,6 +154,13 @@ fn args() -> Args {
             "--calls" => a.calls = val.parse().unwrap_or(a.calls).max(1),
             "--infer-batch" => a.infer_batch = val.parse().ok().filter(|&b| b > 0),
             "--only" => a.only = Some(val.split(',').map(str::to_string).collect()),
+            "--off" => {
+                a.off = val
+                    .split(',')
+                    .filter(|m| ["detection", "ocr", "speech"].contains(m))
+                    .map(str::to_string)
+                    .collect()
+            }
             "--rebuild" => {
                 a.rebuild = true;
                 flag = true;
@@ -1812,10 +1825,15 @@ fn e2e(a: &Args) {
     let copies = n.div_ceil(2);
     let tmp = tempfile::tempdir().unwrap();
     println!(
-        "\ne2e: {n} replayed cameras ({} x lobby.mp4: drawn text + speech, {} x photos.mp4: person, cat, cup; 640x360 15 fps H.264 + AAC), sampling every {}, every model on, recording on, infer batch {}, {} s window",
+        "\ne2e: {n} replayed cameras ({} x lobby.mp4: drawn text + speech, {} x photos.mp4: person, cat, cup; 640x360 15 fps H.264 + AAC), sampling every {}, {}, recording on, infer batch {}, {} s window",
         copies,
         n - copies,
         a.interval,
+        if a.off.is_empty() {
+            "every model on".to_string()
+        } else {
+            format!("off: {}", a.off.join(", "))
+        },
         a.infer_batch
             .map_or("default".to_string(), |b| b.to_string()),
         a.e2e_secs
@@ -1849,6 +1867,9 @@ fn e2e(a: &Args) {
         a.infer_batch
             .map_or(String::new(), |b| format!("batch = {b}\n"))
     );
+    for model in &a.off {
+        cfg.push_str(&format!("[infer.{model}]\nenabled = false\n"));
+    }
     for i in 0..n {
         let (stem, k) = if i % 2 == 0 {
             ("lobby", i / 2)
