@@ -798,6 +798,30 @@ mod tests {
     }
 
     #[test]
+    fn pending_audio_follows_its_clock_and_starts_over_at_a_gap() {
+        // Half a second of 16 kHz s16le, as the edge publishes it.
+        let chunk = vec![0u8; 16_000];
+        let mut buf = PendingAudio::default();
+        buf.push(1_000_000_000, &chunk);
+        buf.push(1_500_000_000, &chunk);
+        assert_eq!(buf.samples.len(), 16_000);
+        buf.probs = vec![0.0; 16_000 / VAD_WINDOW];
+        // 10 windows looked at and done with: the clock moves with them (62.5 us a sample).
+        buf.drain(10 * VAD_WINDOW);
+        assert_eq!(buf.start_ns, 1_000_000_000 + 10 * 512 * 62_500);
+        assert_eq!(buf.probs.len(), 31 - 10);
+        // The next chunk follows on: kept.
+        buf.push(2_000_000_000, &chunk);
+        assert_eq!(buf.samples.len(), 16_000 - 10 * VAD_WINDOW + 8_000);
+        assert_eq!(buf.ns(buf.samples.len()), 2_500_000_000);
+        // One a second later than due: not the same phrase, start over.
+        buf.push(3_500_000_000, &chunk);
+        assert_eq!(buf.samples.len(), 8_000);
+        assert_eq!(buf.start_ns, 3_500_000_000);
+        assert!(buf.probs.is_empty());
+    }
+
+    #[test]
     fn a_late_frame_stands_alone_and_the_track_follows_the_newest() {
         let mut track = Track::default();
         let within = Duration::from_secs(30);
