@@ -817,7 +817,7 @@ struct DecodeRun {
 fn speech_case<'a>(rt: &'a Runtime, infer: &InferConfig) -> Result<Case<'a>> {
     const VAD_WINDOW: usize = 512;
     const VAD_CONTEXT: usize = 64;
-    let speech = Speech::load(rt, &infer.speech)?;
+    let speech = Speech::load(rt, infer)?;
     let (pcm, rate) = read_wav(&rt.dir().join("samples/beckett.wav"))?;
     if rate != 16_000 {
         bail!("beckett.wav is {rate} Hz, expected 16000");

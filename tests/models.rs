@@ -234,7 +234,7 @@ fn voice_activity_in_pieces_and_across_streams_matches_one_pass() {
     use panoptes::infer::VadStream;
     const WINDOW: usize = 512;
     let (config, rt) = runtime();
-    let speech = panoptes::infer::Speech::load(&rt, &config.infer.speech).unwrap();
+    let speech = panoptes::infer::Speech::load(&rt, &config.infer).unwrap();
     let voice = wav_samples(&models().join("samples/beckett.wav"));
     let voice = &voice[..voice.len() / WINDOW * WINDOW];
     // A second stream: the same voice after 3 s of digital silence, cut to the same length.

@@ -771,6 +771,16 @@ impl InferConfig {
             })
             .max(1)
     }
+
+    /// `speech.min_window`, or the provider's default: 6 s on the CPU, 30 s on a GPU.
+    pub fn speech_min_window(&self) -> Duration {
+        self.speech
+            .min_window
+            .unwrap_or(Duration::from_secs(match self.provider {
+                Provider::Cpu => 6,
+                Provider::Cuda | Provider::Tensorrt => 30,
+            }))
+    }
 }
 fn default_batch_wait() -> Duration {
     Duration::from_millis(50)
@@ -867,9 +877,11 @@ pub struct SpeechConfig {
     /// phrase plus 2 s, at least this long; the encoder's cost grows with the window.
     /// Whisper was trained on 30 s windows: shorter ones are several times cheaper, and a
     /// transcript that runs on or repeats itself is redone with the full window. `"30s"`
-    /// always uses the full window.
-    #[serde(default = "default_min_window", with = "humantime_serde")]
-    pub min_window: Duration,
+    /// always uses the full window. By default 6 s on the CPU, and 30 s with a GPU
+    /// provider, where the full window costs little and keeps the encoder's input one
+    /// shape (TensorRT builds an engine per shape); see [`InferConfig::speech_min_window`].
+    #[serde(default, with = "humantime_serde::option")]
+    pub min_window: Option<Duration>,
 }
 
 impl Default for SpeechConfig {
@@ -877,17 +889,13 @@ impl Default for SpeechConfig {
         Self {
             enabled: true,
             vad_threshold: default_vad_threshold(),
-            min_window: default_min_window(),
+            min_window: None,
         }
     }
 }
 
 fn default_vad_threshold() -> f32 {
     0.5
-}
-
-fn default_min_window() -> Duration {
-    Duration::from_secs(6)
 }
 
 /// RTP transport.
@@ -1339,7 +1347,11 @@ fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec<(String, S
             push(&mut errors, name.into(), "must be between 0 and 1");
         }
     }
-    if !(Duration::from_secs(1)..=Duration::from_secs(30)).contains(&inf.speech.min_window) {
+    if inf
+        .speech
+        .min_window
+        .is_some_and(|w| !(Duration::from_secs(1)..=Duration::from_secs(30)).contains(&w))
+    {
         push(
             &mut errors,
             "infer.speech.min_window".into(),
@@ -1474,6 +1486,36 @@ mod tests {
         assert_eq!(batch("[infer]\nbatch = 5\n"), 5);
         assert_eq!(batch("[infer]\nprovider = \"cuda\"\nbatch = 1\n"), 1);
         assert!(load_str("[infer]\nbatch = 0\n", "t.toml", &|_| None).is_err());
+    }
+
+    #[test]
+    fn speech_window_follows_the_provider_unless_set() {
+        let window = |text: &str| {
+            load_str(text, "t.toml", &|_| None)
+                .unwrap()
+                .infer
+                .speech_min_window()
+        };
+        assert_eq!(window(""), Duration::from_secs(6));
+        assert_eq!(
+            window("[infer]\nprovider = \"cuda\"\n"),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            window("[infer]\nprovider = \"tensorrt\"\n"),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            window("[infer.speech]\nmin_window = \"10s\"\n"),
+            Duration::from_secs(10)
+        );
+        assert!(
+            load_str("[infer.speech]\nmin_window = \"40s\"\n", "t.toml", &|_| {
+                None
+            })
+            .is_err()
+        );
+        assert!(load_str("[infer.speech]\nmin_window = \"0s\"\n", "t.toml", &|_| None).is_err());
     }
 
     #[test]

@@ -339,7 +339,7 @@ impl Models {
             None
         };
         let speech = if infer.speech.enabled {
-            Some(Speech::load(&runtime, &infer.speech)?)
+            Some(Speech::load(&runtime, infer)?)
         } else {
             None
         };

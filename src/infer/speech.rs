@@ -4,11 +4,11 @@
 //! Voice activity runs over many streams at once ([`VadStream`]: one per camera, fed as
 //! the audio arrives), one window of every stream per model run; windows of digital
 //! silence are not run at all. Whisper sees a window fitted to the phrase (the phrase plus
-//! [`WINDOW_MARGIN`], at least `speech.min_window`) instead of a fixed 30 s: the encoder and
-//! the decoder's cross-attention cost in proportion. Whisper was trained on 30 s windows and
-//! can repeat itself when the audio ends close to the window's end, so a short window whose
-//! transcript runs past what the phrase could hold, or ends by repeating itself, is decoded
-//! again with the full window.
+//! [`WINDOW_MARGIN`], at least `speech.min_window`, 6 s on the CPU) instead of a fixed
+//! 30 s: the encoder and the decoder's cross-attention cost in proportion. Whisper was
+//! trained on 30 s windows and can repeat itself when the audio ends close to the window's
+//! end, so a short window whose transcript runs past what the phrase could hold, or ends
+//! by repeating itself, is decoded again with the full window.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use super::{Error, Runtime, Shared, Slot, lock, model_err};
-use crate::config::{Provider, SpeechConfig};
+use crate::config::{InferConfig, Provider};
 
 /// Sample rate every speech model here works at.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -123,7 +123,7 @@ pub struct Speech {
 
 impl Speech {
     /// Loads `silero-vad/silero_vad.onnx` and `whisper-tiny.en/*` from the models directory.
-    pub fn load(rt: &Runtime, cfg: &SpeechConfig) -> Result<Self, Error> {
+    pub fn load(rt: &Runtime, infer: &InferConfig) -> Result<Self, Error> {
         // Small runs (a window of each talking camera) go faster on one thread.
         let vad = rt.session_with_threads("vad", "silero-vad/silero_vad.onnx", 1)?;
         let (encoder, decoder) = whisper_files(rt.provider());
@@ -156,12 +156,14 @@ impl Speech {
             decoder: Mutex::new(decoder),
             tokenizer,
             front: Mutex::new(MelFrontEnd::new()),
-            threshold: cfg.vad_threshold,
+            threshold: infer.speech.vad_threshold,
             sot,
             eot,
             no_timestamps,
             batch: rt.batch.max(SPEECH_BATCH),
-            min_window: frames_for(cfg.min_window.as_secs_f64() * f64::from(SAMPLE_RATE)),
+            min_window: frames_for(
+                infer.speech_min_window().as_secs_f64() * f64::from(SAMPLE_RATE),
+            ),
             full_windows: metrics::counter!("panoptes_infer_speech_full_windows_total"),
         })
     }
