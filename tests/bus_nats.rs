@@ -163,25 +163,29 @@ async fn jetstream_bus_delivers_dead_letters_and_survives_a_restart() {
     .await
     .expect("reconnected");
     publish(&bus, "yard", 35).await.unwrap();
-    // At least once: an ack the killed server had not yet written down means one more
-    // delivery (of that or an earlier message), never a loss.
+    // At least once: the killed server may not have written down its acks and
+    // deliveries, so after the restart some messages come again, and one sent into a
+    // pull the restart cut off comes back after ack_wait: nothing is lost, but the order
+    // across the restart is not the stream's. A "jpeg 99" the server stored just before it
+    // died is delivered too; it is not part of the count.
+    let want: Vec<Bytes> = (30..36).map(|n| Bytes::from(format!("jpeg {n}"))).collect();
     let mut yard: Vec<Bytes> = Vec::new();
-    while yard.len() < 6 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while !want.iter().all(|w| yard.contains(w)) && std::time::Instant::now() < deadline {
         let Some(d) = infer.next(Duration::from_secs(10)).await else {
             break;
         };
         let p = d.message().payload.clone();
-        if d.message().subject == "panoptes.frames.yard" && !yard.contains(&p) {
+        if d.message().subject == "panoptes.frames.yard" && want.contains(&p) && !yard.contains(&p)
+        {
             yard.push(p);
         }
         let _ = d.ack().await;
     }
+    yard.sort();
     assert_eq!(
-        yard,
-        (30..36)
-            .map(|n| Bytes::from(format!("jpeg {n}")))
-            .collect::<Vec<_>>(),
-        "every frame stored before the restart, and the one after, in order"
+        yard, want,
+        "every frame stored before the restart, and the one after"
     );
 }
 
