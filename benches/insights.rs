@@ -76,7 +76,7 @@ use serde_json::Value;
 
 use panoptes::infer::{BBox, Embedder, Runtime};
 use panoptes::store::insights::{Filter, Insight, InsightStore, Kind, Query, insight_id};
-use panoptes::store::{ObjectStore, clip_key, snapshot_key};
+use panoptes::store::objects::{ObjectStore, clip_key, snapshot_key};
 
 #[path = "common/host.rs"]
 mod host;

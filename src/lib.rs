@@ -9,6 +9,7 @@ pub mod api;
 pub mod bus;
 pub mod config;
 pub mod edge;
+pub mod geometry;
 pub mod infer;
 pub mod media;
 pub mod replay;

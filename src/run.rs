@@ -16,8 +16,8 @@ use crate::config::{self, Config, InsightsKind};
 use crate::edge::Edge;
 use crate::edge::cluster::{self, Membership};
 use crate::edge::status::CameraRegistry;
-use crate::store::ObjectStore;
 use crate::store::insights::InsightStore;
+use crate::store::objects::ObjectStore;
 
 /// Which roles this process runs.
 #[derive(Debug, Clone, Copy)]

@@ -482,11 +482,11 @@ proptest! {
         start in 0i64..i64::MAX,
         len in 0i64..i64::MAX,
     ) {
-        let _ = panoptes::store::parse_clip_id(&junk);
+        let _ = panoptes::store::objects::parse_clip_id(&junk);
         let end = start.saturating_add(len);
         let id = format!("{camera}-{start}-{end}");
-        prop_assert_eq!(panoptes::store::parse_clip_id(&id), Some((camera.as_str(), start, end)));
-        let _ = panoptes::store::clip_key(&camera, start, end);
+        prop_assert_eq!(panoptes::store::objects::parse_clip_id(&id), Some((camera.as_str(), start, end)));
+        let _ = panoptes::store::objects::clip_key(&camera, start, end);
     }
 
     /// Page cursors come from the query string: any text is decoded or refused, and every

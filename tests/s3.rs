@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region};
-use panoptes::store::{ObjectStore, StoreError, clip_key, snapshot_key};
+use panoptes::store::objects::{ObjectStore, StoreError, clip_key, snapshot_key};
 
 const BUCKET: &str = "panoptes-test";
 const PREFIX: &str = "site-a/";

@@ -19,10 +19,10 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState, parse_time};
 use crate::infer::QueryEmbedder;
-use crate::store::ObjectStore;
 use crate::store::insights::{
     ClipLink, Cursor, Filter, Insight, InsightStore, Kind, Query as StoreQuery,
 };
+use crate::store::objects::ObjectStore;
 
 /// The insight side of the API: the store, the text embedder for semantic search and the
 /// feed of new insights.
@@ -117,7 +117,7 @@ fn view_with(clips: &[(i64, i64)], mut i: Insight, similarity: Option<f32>) -> I
             .filter(|&(_, end)| ts < end)
             .or_else(|| clips.get(k).copied().filter(|&(start, _)| start <= last))
             .map(|(start, end)| ClipLink {
-                key: crate::store::clip_key(&i.camera, start, end),
+                key: crate::store::objects::clip_key(&i.camera, start, end),
                 offset_s: (ts - start).max(0) as f64 / 1000.0,
             })
     });

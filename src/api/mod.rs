@@ -24,7 +24,7 @@ use tower_http::services::ServeFile;
 
 use crate::bus::Bus;
 use crate::edge::status::CameraRegistry;
-use crate::store::{ObjectStore, clip_key, parse_clip_id};
+use crate::store::objects::{ObjectStore, clip_key, parse_clip_id};
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -13,11 +13,11 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use super::EdgeShared;
+use super::shared::EdgeShared;
 use super::status::CameraStatus;
 use crate::bus::{Bus, StreamKind};
 use crate::media::mp4::Mp4Writer;
-use crate::store::{ObjectStore, clip_key};
+use crate::store::objects::{ObjectStore, clip_key};
 
 /// Maps stream ticks to wall-clock milliseconds for one session.
 #[derive(Debug, Clone, Copy)]

@@ -15,8 +15,8 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use serde::Serialize;
 
-use super::pixels::BBox;
 use super::{Error, Models, RgbImage};
+use crate::geometry::BBox;
 
 /// One finding in the analysed file.
 #[derive(Debug, Clone, PartialEq, Serialize)]

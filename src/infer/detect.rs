@@ -10,9 +10,10 @@ use std::sync::Mutex;
 use ort::value::TensorRef;
 use serde::Serialize;
 
-use super::pixels::{self, Affine, BBox, Normalize, Target};
-use super::{Error, RgbImage, Runtime, Shared, Slot, lock, model_err};
+use super::pixels::{self, Affine, Normalize, Target};
+use super::runtime::{Error, RgbImage, Runtime, Shared, Slot, lock, model_err};
 use crate::config::DetectionConfig;
+use crate::geometry::BBox;
 
 /// One detected object.
 #[derive(Debug, Clone, PartialEq, Serialize)]

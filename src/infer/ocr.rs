@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use ort::value::TensorRef;
 use serde::Serialize;
 
-use super::pixels::{self, Affine, BBox, Normalize, Target};
-use super::{Error, RgbImage, Runtime, Shared, Slot, lock, model_err};
+use super::pixels::{self, Affine, Normalize, Target};
+use super::runtime::{Error, RgbImage, Runtime, Shared, Slot, lock, model_err};
 use crate::config::OcrConfig;
+use crate::geometry::BBox;
 
 /// One line of text found in an image.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -2,39 +2,7 @@
 //! crops rotated boxes and normalises straight into a model's planar input buffer, so a
 //! frame is read once and nothing is allocated per pixel.
 
-use serde::{Deserialize, Serialize};
-
-use super::RgbImage;
-
-/// A box in normalised image coordinates (0..1): left, top, width, height.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct BBox {
-    /// Left edge.
-    pub x: f32,
-    /// Top edge.
-    pub y: f32,
-    /// Width.
-    pub w: f32,
-    /// Height.
-    pub h: f32,
-}
-
-impl BBox {
-    /// The box from pixel corners, clamped to the image and normalised by its size.
-    pub fn from_pixels(x0: f32, y0: f32, x1: f32, y1: f32, width: u32, height: u32) -> Self {
-        let (w, h) = (width as f32, height as f32);
-        let x0 = x0.clamp(0.0, w);
-        let x1 = x1.clamp(0.0, w);
-        let y0 = y0.clamp(0.0, h);
-        let y1 = y1.clamp(0.0, h);
-        Self {
-            x: x0 / w,
-            y: y0 / h,
-            w: (x1 - x0).max(0.0) / w,
-            h: (y1 - y0).max(0.0) / h,
-        }
-    }
-}
+use super::runtime::RgbImage;
 
 /// How 8-bit channel values become model inputs: `v * scale[c] + bias[c]`, in RGB or BGR
 /// plane order.
@@ -333,19 +301,5 @@ mod tests {
         assert!(worst < 1e-5, "{worst}");
         assert_eq!(floor_i32(-0.5), -1);
         assert_eq!(floor_i32(2.0), 2);
-    }
-
-    #[test]
-    fn bbox_is_clamped_and_normalised() {
-        let b = BBox::from_pixels(-10.0, 10.0, 50.0, 200.0, 100, 100);
-        assert_eq!(
-            b,
-            BBox {
-                x: 0.0,
-                y: 0.1,
-                w: 0.5,
-                h: 0.9
-            }
-        );
     }
 }

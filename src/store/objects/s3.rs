@@ -50,7 +50,7 @@ use futures::StreamExt as _;
 use tokio::runtime::Handle;
 use tracing::Instrument as _;
 
-use super::{
+use super::common::{
     ClipRecord, StoreError, clip_days, clip_record, day_may_expire, expired, overlaps,
     parse_clip_key, parse_clip_name, sort_clips,
 };
@@ -1000,7 +1000,7 @@ fn read_error(key: &str, e: impl std::error::Error + Send + Sync + 'static) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{clip_key, snapshot_key};
+    use crate::store::objects::{clip_key, snapshot_key};
 
     #[test]
     fn pending_names_round_trip_to_keys() {

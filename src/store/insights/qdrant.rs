@@ -32,7 +32,6 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use qdrant_client::qdrant::vector_output::Vector as VectorOut;
 use qdrant_client::qdrant::{
     self, Condition, CountPointsBuilder, CreateCollectionBuilder,
@@ -47,11 +46,11 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
-use crate::config::InsightsConfig;
-use crate::infer::BBox;
-use crate::store::insights::{
-    ClipLink, Cursor, Filter, Insight, InsightError, Kind, Query, query_words,
+use super::record::{
+    ClipLink, Cursor, Filter, Insight, InsightError, Kind, Query, from_ms, ms, query_words,
 };
+use crate::config::InsightsConfig;
+use crate::geometry::BBox;
 
 /// Payload fields (see the module docs).
 const CAMERA: &str = "camera";
@@ -169,14 +168,6 @@ struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     clip: Option<ClipLink>,
     model: String,
-}
-
-fn ms(t: &DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
 /// The payload of an insight's point; `has_text` says whether its vector is the embedding
@@ -790,9 +781,8 @@ impl QdrantInsights {
         Ok(n as usize)
     }
 
-    /// Deletes the whole collection (tests clean up with it).
-    #[cfg(test)]
-    pub(crate) async fn drop_collection(&self) -> Result<(), InsightError> {
+    /// Deletes the whole collection and every insight in it (tests clean up with it).
+    pub async fn drop_collection(&self) -> Result<(), InsightError> {
         self.client
             .delete_collection(&self.collection)
             .await
