@@ -10,7 +10,7 @@ use bytes::Bytes;
 use metrics::Counter;
 use tokio::sync::Notify;
 
-use super::{BusError, Headers, Message, Published, StreamKind};
+use super::message::{BusError, Headers, Message, Published, StreamKind};
 use crate::config::BusConfig;
 
 /// The in-process bus.

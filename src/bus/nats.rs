@@ -18,7 +18,7 @@ use async_nats::{HeaderMap, jetstream::message::PublishMessage};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{BusError, Headers, Message, Published, StreamKind};
+use super::message::{BusError, Headers, Message, Published, StreamKind};
 use crate::config::BusConfig;
 
 /// How long a publish waits for the server's acknowledgement.

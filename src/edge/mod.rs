@@ -6,8 +6,10 @@
 //! removed or changed) without touching the others. Camera state lives in [`status`].
 
 pub mod cluster;
+mod faults;
 pub mod recorder;
 pub mod session;
+mod shared;
 pub mod status;
 
 use std::collections::HashMap;
@@ -22,29 +24,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, StreamKind};
-use crate::config::{CameraConfig, Config, EdgeConfig, RecordingConfig, SamplingConfig};
+use crate::config::{CameraConfig, Config};
 use crate::media::{DecodeResult, DecoderPool, MediaError, Templates};
-use crate::store::ObjectStore;
+use crate::store::objects::ObjectStore;
 use session::CameraTask;
 use status::{CameraRegistry, Snapshot};
 
-/// What every camera task shares.
-pub struct EdgeShared {
-    /// Session timeouts and backoff.
-    pub edge: EdgeConfig,
-    /// Sampling defaults.
-    pub sampling: SamplingConfig,
-    /// Recording defaults.
-    pub recording: RecordingConfig,
-    /// Where clips go.
-    pub store: ObjectStore,
-    /// Where frames and audio go.
-    pub bus: Bus,
-    /// The decoder pool.
-    pub pool: Arc<DecoderPool>,
-    /// Camera state.
-    pub registry: Arc<CameraRegistry>,
-}
+pub use shared::EdgeShared;
 
 struct Running {
     camera: CameraConfig,

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use ort::value::TensorRef;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::{Error, Runtime, Shared, Slot, lock, model_err};
+use super::runtime::{Error, Runtime, Shared, Slot, lock, model_err};
 
 /// Longest input in tokens; longer texts are cut.
 const MAX_TOKENS: usize = 128;

@@ -17,7 +17,7 @@ use realfft::{RealFftPlanner, RealToComplex};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use super::{Error, Runtime, Shared, Slot, lock, model_err};
+use super::runtime::{Error, Runtime, Shared, Slot, lock, model_err};
 use crate::config::{InferConfig, Provider};
 
 /// Sample rate every speech model here works at.

@@ -23,14 +23,13 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::speech::{VAD_WINDOW, VadStream};
-use super::{Detection, Models, TextLine, decode_image};
+use super::tracks::{FrameIn, Track, follow_camera};
+use super::{Models, decode_image};
 use crate::bus::{Bus, StreamKind};
 use crate::config::InferConfig;
-use crate::store::ObjectStore;
 use crate::store::insights::{Insight, InsightStore, Kind, insight_id};
+use crate::store::objects::ObjectStore;
 
-/// Overlap above which a detection continues the previous sample's object of that label.
-const SAME_PLACE_IOU: f32 = 0.5;
 /// Audio kept per camera while a phrase is still going on.
 const MAX_PENDING_AUDIO_S: usize = 30;
 /// Most audio chunks taken from the bus in one pass.
@@ -50,15 +49,6 @@ pub struct Worker {
     continue_within: Duration,
     tracks: Mutex<HashMap<String, Track>>,
     audio: Mutex<HashMap<String, PendingAudio>>,
-}
-
-/// What a camera's previous sample showed: the insights it may extend.
-#[derive(Default)]
-struct Track {
-    objects: Vec<Insight>,
-    texts: HashMap<String, Insight>,
-    /// Capture time of the latest frame followed.
-    last: Option<DateTime<Utc>>,
 }
 
 /// Audio of one camera not yet transcribed.
@@ -343,7 +333,8 @@ impl Worker {
             let (found, fresh) =
                 follow_camera(track, frame, objects, texts, detector, self.continue_within);
             if fresh {
-                let key = crate::store::snapshot_key(&frame.camera, frame.at.timestamp_millis());
+                let key =
+                    crate::store::objects::snapshot_key(&frame.camera, frame.at.timestamp_millis());
                 self.objects
                     .put_bytes(&key, &frame.jpeg)
                     .map_err(|e| e.to_string())?;
@@ -502,158 +493,10 @@ impl Worker {
     }
 }
 
-/// A sampled frame from the bus.
 /// Whether a frame captured `at` is too old at `now` to be worth analysing. A capture
 /// time in the future (a camera clock ahead) is never stale.
 fn is_stale(at: DateTime<Utc>, now: DateTime<Utc>, max_age: Duration) -> bool {
     (now - at).to_std().is_ok_and(|age| age > max_age)
-}
-
-struct FrameIn {
-    camera: String,
-    capture_ns: i64,
-    at: DateTime<Utc>,
-    jpeg: Bytes,
-}
-
-impl From<&crate::bus::Message> for FrameIn {
-    fn from(m: &crate::bus::Message) -> Self {
-        let capture_ns = m
-            .header("capture-ns")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| Utc::now().timestamp_nanos_opt().unwrap_or(0));
-        FrameIn {
-            camera: m.header("camera").unwrap_or_default().to_string(),
-            capture_ns,
-            at: DateTime::from_timestamp_nanos(capture_ns),
-            jpeg: m.payload.clone(),
-        }
-    }
-}
-
-/// [`follow`] for frames that may come out of order. A frame older than the camera's
-/// latest analysed one (it waited while a newer one went first, or came back for another
-/// try) has findings that stand on their own, and the track goes on following the newer
-/// frame.
-fn follow_camera(
-    track: &mut Track,
-    frame: &FrameIn,
-    objects: Vec<Detection>,
-    texts: Vec<TextLine>,
-    detector: &str,
-    continue_within: Duration,
-) -> (Vec<Insight>, bool) {
-    let mut alone = Track::default();
-    let track = if track.last.is_some_and(|last| frame.at < last) {
-        &mut alone
-    } else {
-        track.last = Some(frame.at);
-        track
-    };
-    follow(track, frame, objects, texts, detector, continue_within)
-}
-
-/// Matches one frame's findings against the camera's previous sample: continued ones
-/// are extended, the rest start new insights (with this frame as snapshot). Returns the
-/// insights to write and whether any is new.
-fn follow(
-    track: &mut Track,
-    frame: &FrameIn,
-    objects: Vec<Detection>,
-    texts: Vec<TextLine>,
-    detector: &str,
-    continue_within: Duration,
-) -> (Vec<Insight>, bool) {
-    let at = frame.at;
-    let snapshot = crate::store::snapshot_key(&frame.camera, at.timestamp_millis());
-    let recent = |i: &Insight| {
-        let last = i.ts_end.unwrap_or(i.ts);
-        (at - last).to_std().is_ok_and(|d| d <= continue_within)
-    };
-    let mut out = Vec::new();
-    let mut fresh = false;
-    let mut objects_now = Vec::new();
-    for (index, o) in objects.into_iter().enumerate() {
-        let prev = track.objects.iter().position(|p| {
-            p.label.as_deref() == Some(o.label.as_str())
-                && recent(p)
-                && p.bbox.is_some_and(|b| iou(&b, &o.bbox) >= SAME_PLACE_IOU)
-        });
-        let insight = match prev {
-            Some(k) => extend(track.objects.swap_remove(k), at, o.bbox, o.confidence),
-            None => {
-                fresh = true;
-                Insight {
-                    label: Some(o.label),
-                    ..frame.insight(
-                        Kind::Object,
-                        index,
-                        o.confidence,
-                        o.bbox,
-                        &snapshot,
-                        detector,
-                    )
-                }
-            }
-        };
-        out.push(insight.clone());
-        objects_now.push(insight);
-    }
-    track.objects = objects_now;
-    let mut texts_now = HashMap::new();
-    for (index, t) in texts.into_iter().enumerate() {
-        let key = normalize(&t.text);
-        let insight = match track.texts.remove(&key).filter(|p| recent(p)) {
-            Some(p) => extend(p, at, t.bbox, t.confidence),
-            None => {
-                fresh = true;
-                Insight {
-                    text: Some(t.text),
-                    ..frame.insight(Kind::Text, index, t.confidence, t.bbox, &snapshot, "ppocr")
-                }
-            }
-        };
-        out.push(insight.clone());
-        texts_now.insert(key, insight);
-    }
-    track.texts = texts_now;
-    (out, fresh)
-}
-
-impl FrameIn {
-    /// A new insight found in this frame, with neither label nor text yet.
-    fn insight(
-        &self,
-        kind: Kind,
-        index: usize,
-        confidence: f32,
-        bbox: super::BBox,
-        snapshot: &str,
-        model: &str,
-    ) -> Insight {
-        Insight {
-            id: insight_id(&self.camera, kind, self.capture_ns, index),
-            camera: self.camera.clone(),
-            kind,
-            ts: self.at,
-            ts_end: None,
-            label: None,
-            text: None,
-            confidence,
-            bbox: Some(bbox),
-            snapshot: Some(snapshot.to_string()),
-            clip: None,
-            model: model.to_string(),
-        }
-    }
-}
-
-/// A finding seen again at `at`: it lasts until then, where it is now.
-fn extend(mut i: Insight, at: DateTime<Utc>, bbox: super::BBox, confidence: f32) -> Insight {
-    i.ts_end = Some(at);
-    i.bbox = Some(bbox);
-    i.confidence = i.confidence.max(confidence);
-    i
 }
 
 /// A phrase that has ended, cut out of its camera's audio.
@@ -684,23 +527,10 @@ impl From<&crate::bus::Message> for AudioIn {
     }
 }
 
-fn normalize(s: &str) -> String {
-    s.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
-
-fn iou(a: &super::BBox, b: &super::BBox) -> f32 {
-    let iw = ((a.x + a.w).min(b.x + b.w) - a.x.max(b.x)).max(0.0);
-    let ih = ((a.y + a.h).min(b.y + b.h) - a.y.max(b.y)).max(0.0);
-    let inter = iw * ih;
-    let union = a.w * a.h + b.w * b.h - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn only_frames_past_the_age_limit_are_stale() {
         let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
@@ -710,91 +540,6 @@ mod tests {
         assert!(!is_stale(ago(10), now, limit));
         assert!(is_stale(ago(11), now, limit));
         assert!(!is_stale(now + chrono::Duration::seconds(5), now, limit));
-    }
-
-    use super::*;
-    use crate::infer::BBox;
-
-    fn frame(at_s: i64) -> FrameIn {
-        let capture_ns = 1_800_000_000_000_000_000 + at_s * 1_000_000_000;
-        FrameIn {
-            camera: "lobby".into(),
-            capture_ns,
-            at: DateTime::from_timestamp_nanos(capture_ns),
-            jpeg: Bytes::new(),
-        }
-    }
-
-    fn person(x: f32) -> Detection {
-        Detection {
-            label: "person".into(),
-            class: 0,
-            confidence: 0.8,
-            bbox: BBox {
-                x,
-                y: 0.1,
-                w: 0.2,
-                h: 0.5,
-            },
-        }
-    }
-
-    fn sign() -> TextLine {
-        TextLine {
-            text: "DOCK 42".into(),
-            confidence: 0.9,
-            bbox: BBox {
-                x: 0.1,
-                y: 0.4,
-                w: 0.5,
-                h: 0.1,
-            },
-        }
-    }
-
-    #[test]
-    fn a_finding_on_consecutive_samples_is_one_insight() {
-        let mut track = Track::default();
-        let within = Duration::from_secs(6);
-        let (first, fresh) = follow(
-            &mut track,
-            &frame(0),
-            vec![person(0.1)],
-            vec![sign()],
-            "yolo",
-            within,
-        );
-        assert!(fresh);
-        assert_eq!(first.len(), 2);
-        // Same place, same text, 2 s later: the same two insights, lasting longer.
-        let (second, fresh) = follow(
-            &mut track,
-            &frame(2),
-            vec![person(0.12)],
-            vec![sign()],
-            "yolo",
-            within,
-        );
-        assert!(!fresh, "nothing new, so no new snapshot");
-        assert_eq!(second[0].id, first[0].id);
-        assert_eq!(second[1].id, first[1].id);
-        assert_eq!(second[0].ts_end, Some(frame(2).at));
-        assert_eq!(second[0].snapshot, first[0].snapshot);
-        // Moved across the picture: a new insight.
-        let (third, fresh) = follow(
-            &mut track,
-            &frame(4),
-            vec![person(0.7)],
-            vec![],
-            "yolo",
-            within,
-        );
-        assert!(fresh);
-        assert_ne!(third[0].id, first[0].id);
-        // The sign comes back after a long gap: a new insight too.
-        let (fourth, _) = follow(&mut track, &frame(30), vec![], vec![sign()], "yolo", within);
-        assert_ne!(fourth[0].id, first[1].id);
-        assert_eq!(fourth[0].ts_end, None);
     }
 
     #[test]
@@ -819,26 +564,5 @@ mod tests {
         assert_eq!(buf.samples.len(), 8_000);
         assert_eq!(buf.start_ns, 3_500_000_000);
         assert!(buf.probs.is_empty());
-    }
-
-    #[test]
-    fn a_late_frame_stands_alone_and_the_track_follows_the_newest() {
-        let mut track = Track::default();
-        let within = Duration::from_secs(30);
-        let see = |track: &mut Track, at| {
-            follow_camera(track, &frame(at), vec![person(0.1)], vec![], "yolo", within)
-        };
-        let (newest, _) = see(&mut track, 20);
-        // Captured before the frame already followed: a new insight of its own time, and
-        // the newer insight is neither extended backwards nor replaced.
-        let (late, fresh) = see(&mut track, 10);
-        assert!(fresh);
-        assert_ne!(late[0].id, newest[0].id);
-        assert_eq!(late[0].ts, frame(10).at);
-        assert_eq!(late[0].ts_end, None);
-        let (next, fresh) = see(&mut track, 30);
-        assert!(!fresh);
-        assert_eq!(next[0].id, newest[0].id);
-        assert_eq!(next[0].ts_end, Some(frame(30).at));
     }
 }
