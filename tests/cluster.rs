@@ -1,5 +1,6 @@
 //! Cluster mode with real processes: nats-server (JetStream), an S3 server (moto), two
-//! `panoptes edge` nodes, one `panoptes infer` and one `panoptes api`, over replayed cameras.
+//! `panoptes edge` nodes, one `panoptes infer` and one `panoptes api`, over replayed cameras;
+//! then the same roles with the insights in a real Qdrant server, restarted mid-run.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::flow::{self, all_ids, all_items, items};
-use common::services::{MotoServer, NatsServer};
+use common::services::{MotoServer, NatsServer, QdrantServer};
 use common::{Panoptes, Replay, fixtures, models, wait_for};
 
 const BUCKET: &str = "panoptes";
@@ -206,4 +207,107 @@ fn nats_restart(
     wait_for(Duration::from_secs(20), "api /readyz", || {
         (api.get_bytes("/readyz").0 == 200).then_some(())
     });
+}
+
+/// The cluster with `insights.kind = "qdrant"`: the whole insight flow through a real Qdrant
+/// server, which is then killed (SIGKILL) and restarted under the running roles: every
+/// insight stored before is still there, none twice, and new ones keep coming.
+#[test]
+fn cluster_on_qdrant_answers_and_survives_a_qdrant_restart() {
+    let Some(mut qdrant) =
+        QdrantServer::start("cluster_on_qdrant_answers_and_survives_a_qdrant_restart")
+    else {
+        return;
+    };
+    let fx = fixtures();
+    let models = models();
+    let nats = NatsServer::start();
+    let s3 = MotoServer::start();
+    s3.create_bucket(BUCKET);
+    let replay = Replay::start(&[fx.join("lobby.mp4"), fx.join("photos.mp4")], 1);
+    let cameras = format!(
+        "[[cameras]]\nid = \"lobby\"\nurl = \"{}\"\n\n[[cameras]]\nid = \"photos\"\nurl = \"{}\"\n",
+        replay.url("lobby"),
+        replay.url("photos")
+    );
+    let collection = format!("panoptes_cluster_{}", std::process::id());
+    let extra = format!(
+        "[bus]\nkind = \"nats\"\nurl = \"{}\"\n\n\
+         [store]\nkind = \"s3\"\n\n[store.s3]\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\npath_style = true\n\
+         access_key_id = \"test\"\nsecret_access_key = \"${{S3_SECRET}}\"\n\n\
+         [insights]\nkind = \"qdrant\"\nurl = \"{}\"\ncollection = \"{collection}\"\n\n\
+         [sampling]\ninterval = \"2s\"\n\n[recording]\nsegment = \"4s\"\n\n[infer]\nenabled = true\n",
+        nats.url(),
+        s3.url(),
+        qdrant.url(),
+    );
+    let models_env = ("PANOPTES_MODELS", models.to_str().unwrap());
+    let secret = ("S3_SECRET", "cluster-test-secret");
+    let _edge = Panoptes::start_role(
+        "edge",
+        None,
+        &extra,
+        &cameras,
+        &[("PANOPTES_NODE", "edge-a"), secret],
+    );
+    let infer = Panoptes::start_role(
+        "infer",
+        None,
+        &extra,
+        &cameras,
+        &[models_env, secret, ("PANOPTES_NODE", "infer-1")],
+    );
+    let api = Panoptes::start_role(
+        "api",
+        None,
+        &extra,
+        &cameras,
+        &[models_env, secret, ("PANOPTES_NODE", "api-1")],
+    );
+    wait_for(Duration::from_secs(60), "both cameras streaming", || {
+        owners(&api, 2)
+    });
+    // The api and infer nodes have no data directory in common: every answer comes from
+    // Qdrant.
+    flow::check_answers(&api, &infer, &fx);
+
+    if !qdrant.is_ours() {
+        eprintln!("skipped the Qdrant restart: the server at PANOPTES_TEST_QDRANT_URL is not ours");
+        return;
+    }
+    let before = all_ids(&api);
+    assert!(!before.is_empty());
+    eprintln!("killing Qdrant with {} insights stored", before.len());
+    let failures_before = infer.metric("panoptes_infer_errors_total{");
+    qdrant.kill();
+    // Writes fail while it is down (the frames go back to the bus for another try).
+    wait_for(
+        Duration::from_secs(30),
+        "inference to notice Qdrant is down",
+        || (infer.metric("panoptes_infer_errors_total{") > failures_before).then_some(()),
+    );
+    qdrant.start_again();
+    let back = chrono::Utc::now().timestamp_millis();
+    wait_for(
+        Duration::from_secs(90),
+        "insights seen after Qdrant came back",
+        || {
+            let (status, _) = api.get_bytes("/v1/insights?limit=1");
+            (status == 200).then_some(())?;
+            all_items(&api)
+                .iter()
+                .any(|i| flow::last_seen_ms(i) > back)
+                .then_some(())
+        },
+    );
+    let after = all_ids(&api);
+    let unique: HashSet<&String> = after.iter().collect();
+    assert_eq!(unique.len(), after.len(), "an id is listed twice");
+    let lost: Vec<&String> = before.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(lost.is_empty(), "lost across the Qdrant restart: {lost:?}");
+    eprintln!(
+        "after the Qdrant restart: {} insights, all {} from before among them",
+        after.len(),
+        before.len()
+    );
 }

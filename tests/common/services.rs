@@ -191,3 +191,129 @@ impl Drop for MotoServer {
         self.kill();
     }
 }
+
+/// A Qdrant server for the insight-store tests: the one at `PANOPTES_TEST_QDRANT_URL` (its
+/// gRPC endpoint) when that is set, otherwise a `qdrant` binary started on free loopback
+/// ports with a temporary storage directory. The binary is the first of
+/// `PANOPTES_QDRANT_BIN`, `../shared/bin/qdrant` beside the checkout and `qdrant` on `PATH`.
+pub struct QdrantServer {
+    child: Option<Child>,
+    /// gRPC endpoint (what `insights.url` takes).
+    url: String,
+    /// HTTP port of a server started here (readiness); `None` for an external one.
+    http_port: Option<u16>,
+    grpc_port: u16,
+    bin: Option<PathBuf>,
+    dir: Option<tempfile::TempDir>,
+    pub output: Output,
+}
+
+/// The `qdrant` binary to start, if there is one.
+pub fn qdrant_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PANOPTES_QDRANT_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "PANOPTES_QDRANT_BIN={} is not a file",
+            p.display()
+        );
+        return Some(p);
+    }
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bin/qdrant");
+    if shared.is_file() {
+        return Some(shared);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("qdrant"))
+            .find(|p| p.is_file())
+    })
+}
+
+impl QdrantServer {
+    /// The server to test against, or `None` (after printing that `test` is skipped) when
+    /// there is neither a URL nor a binary.
+    pub fn start(test: &str) -> Option<QdrantServer> {
+        if let Ok(url) = std::env::var("PANOPTES_TEST_QDRANT_URL") {
+            return Some(QdrantServer {
+                child: None,
+                url,
+                http_port: None,
+                grpc_port: 0,
+                bin: None,
+                dir: None,
+                output: Output::default(),
+            });
+        }
+        let Some(bin) = qdrant_binary() else {
+            eprintln!(
+                "skipped {test}: no Qdrant server (set PANOPTES_TEST_QDRANT_URL, or \
+                 PANOPTES_QDRANT_BIN, or put qdrant in ../shared/bin or on PATH)"
+            );
+            return None;
+        };
+        let grpc_port = free_port();
+        let mut s = QdrantServer {
+            child: None,
+            url: format!("http://127.0.0.1:{grpc_port}"),
+            http_port: Some(free_port()),
+            grpc_port,
+            bin: Some(bin),
+            dir: Some(tempfile::tempdir().unwrap()),
+            output: Output::default(),
+        };
+        s.start_again();
+        Some(s)
+    }
+
+    /// The gRPC endpoint, for `insights.url`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Whether this server was started here (and so can be killed and restarted).
+    pub fn is_ours(&self) -> bool {
+        self.bin.is_some()
+    }
+
+    /// Kills the server at once (SIGKILL, as a crash would); its storage stays on disk.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and storage, and waits until it is ready.
+    pub fn start_again(&mut self) {
+        self.kill();
+        let (Some(bin), Some(dir), Some(http)) = (&self.bin, &self.dir, self.http_port) else {
+            panic!(
+                "an external Qdrant server ({}) cannot be restarted",
+                self.url
+            );
+        };
+        let mut cmd = Command::new(bin);
+        // It writes a marker file where it runs: keep that in the temporary directory.
+        cmd.current_dir(dir.path())
+            .env("QDRANT__STORAGE__STORAGE_PATH", dir.path().join("storage"))
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HTTP_PORT", http.to_string())
+            .env("QDRANT__SERVICE__GRPC_PORT", self.grpc_port.to_string())
+            .env("QDRANT__TELEMETRY_DISABLED", "true")
+            .env("QDRANT__LOG_LEVEL", "WARN");
+        let (child, output) = Output::spawn(&mut cmd, "qdrant");
+        self.child = Some(child);
+        self.output = output;
+        let ready = format!("http://127.0.0.1:{http}/readyz");
+        wait_for(Duration::from_secs(30), "qdrant to be ready", || {
+            ureq::get(&ready).call().ok().map(|_| ())
+        });
+    }
+}
+
+impl Drop for QdrantServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
