@@ -53,7 +53,7 @@
 //!    the others cost alone.
 //!
 //! `--explain` (or `--only explain`) prints SQLite's plan and the in-process time of the SQL
-//! each request type runs (the statements mirror `src/store/insights.rs`), among them the
+//! each request type runs (the statements mirror `src/store/insights/sqlite.rs`), among them the
 //! statement a semantic search checks 64 candidate texts against its filters with.
 //!
 //! Targets (from the issue): `/v1/insights` p99 < 20 ms, `/v1/search` p99 < 50 ms, end to end
