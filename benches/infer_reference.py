@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Python reference for the inference benchmark (benches/infer.rs).
+"""Python reference for the inference benchmark (benches/infer/).
 
 Runs the same models on the same inputs as Panoptes, with the `onnxruntime` package and the
 pre/post-processing a typical Python pipeline uses:
