@@ -187,22 +187,7 @@ fn nats_restart(
         || (edge.metric("panoptes_bus_dropped_total{") > dropped_before).then_some(()),
     );
     nats.start_again();
-    let back = chrono::Utc::now().timestamp_millis();
-    wait_for(
-        Duration::from_secs(90),
-        "insights seen after NATS came back",
-        || {
-            all_items(api)
-                .iter()
-                .any(|i| flow::last_seen_ms(i) > back)
-                .then_some(())
-        },
-    );
-    let after = all_ids(api);
-    let unique: HashSet<&String> = after.iter().collect();
-    assert_eq!(unique.len(), after.len(), "an id is listed twice");
-    let lost: Vec<&String> = before.iter().filter(|id| !unique.contains(id)).collect();
-    assert!(lost.is_empty(), "lost across the NATS restart: {lost:?}");
+    after_restart(api, before, "NATS");
     // The api node reports the bus as ready again.
     wait_for(Duration::from_secs(20), "api /readyz", || {
         (api.get_bytes("/readyz").0 == 200).then_some(())
@@ -287,27 +272,34 @@ fn cluster_on_qdrant_answers_and_survives_a_qdrant_restart() {
         || (infer.metric("panoptes_infer_errors_total{") > failures_before).then_some(()),
     );
     qdrant.start_again();
-    let back = chrono::Utc::now().timestamp_millis();
-    wait_for(
-        Duration::from_secs(90),
-        "insights seen after Qdrant came back",
-        || {
-            let (status, _) = api.get_bytes("/v1/insights?limit=1");
-            (status == 200).then_some(())?;
-            all_items(&api)
-                .iter()
-                .any(|i| flow::last_seen_ms(i) > back)
-                .then_some(())
-        },
-    );
-    let after = all_ids(&api);
-    let unique: HashSet<&String> = after.iter().collect();
-    assert_eq!(unique.len(), after.len(), "an id is listed twice");
-    let lost: Vec<&String> = before.iter().filter(|id| !unique.contains(id)).collect();
-    assert!(lost.is_empty(), "lost across the Qdrant restart: {lost:?}");
+    let after = after_restart(&api, &before, "Qdrant");
     eprintln!(
         "after the Qdrant restart: {} insights, all {} from before among them",
         after.len(),
         before.len()
     );
+}
+
+/// After `what` came back: waits until the api lists an insight seen since, then checks
+/// that every insight listed `before` is still listed and none twice. Returns the ids now.
+fn after_restart(api: &Panoptes, before: &[String], what: &str) -> Vec<String> {
+    let back = chrono::Utc::now().timestamp_millis();
+    wait_for(
+        Duration::from_secs(90),
+        &format!("insights seen after {what} came back"),
+        || {
+            let (status, _) = api.get_bytes("/v1/insights?limit=1");
+            (status == 200).then_some(())?;
+            all_items(api)
+                .iter()
+                .any(|i| flow::last_seen_ms(i) > back)
+                .then_some(())
+        },
+    );
+    let after = all_ids(api);
+    let unique: HashSet<&String> = after.iter().collect();
+    assert_eq!(unique.len(), after.len(), "an id is listed twice");
+    let lost: Vec<&String> = before.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(lost.is_empty(), "lost across the {what} restart: {lost:?}");
+    after
 }

@@ -6,6 +6,14 @@ use std::time::Duration;
 
 use super::{Output, free_port, wait_for};
 
+/// Kills a server's process at once (SIGKILL, as a crash would) and reaps it.
+fn stop(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// `nats-server` with JetStream, storing in a temporary directory.
 pub struct NatsServer {
     child: Option<Child>,
@@ -57,10 +65,7 @@ impl NatsServer {
 
     /// Kills the server at once (as a crash would); its stored streams stay on disk.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop(&mut self.child);
     }
 
     /// Starts it again on the same port and storage.
@@ -143,10 +148,7 @@ impl MotoServer {
 
     /// Stops it; everything it held is gone (it keeps objects in memory).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop(&mut self.child);
     }
 
     /// Starts it again on the same port, empty.
@@ -278,10 +280,7 @@ impl QdrantServer {
 
     /// Kills the server at once (SIGKILL, as a crash would); its storage stays on disk.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop(&mut self.child);
     }
 
     /// Starts it again on the same ports and storage, and waits until it is ready.
