@@ -395,7 +395,12 @@ fn nats_conf_runs_jetstream_with_room_for_frames() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let varz: Value = loop {
-        match ureq::get(&format!("http://127.0.0.1:{http}/varz")).call() {
+        match ureq::get(&format!("http://127.0.0.1:{http}/varz"))
+            .config()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .call()
+        {
             Ok(mut r) => break r.body_mut().read_json().unwrap(),
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {

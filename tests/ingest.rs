@@ -117,7 +117,8 @@ fn cameras_stream_sample_and_record_without_gaps() {
     // Range requests for players that seek.
     let clip = &p.get("/v1/clips?camera=lobby")["items"][0];
     let url = format!("{}{}", p.base, clip["url"].as_str().unwrap());
-    let mut r = ureq::get(&url)
+    let mut r = common::http()
+        .get(&url)
         .header("Range", "bytes=0-99")
         .call()
         .unwrap();

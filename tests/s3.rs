@@ -52,7 +52,12 @@ impl Moto {
                     std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
-            if ureq::get(&moto.url()).call().is_ok() {
+            let answer = ureq::get(&moto.url())
+                .config()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .call();
+            if answer.is_ok() {
                 return moto;
             }
             assert!(
@@ -305,6 +310,9 @@ fn s3_store_uploads_lists_presigns_survives_an_outage_and_expires() {
         assert!(!url.contains(SECRET));
         let fetched = blocking(move || {
             ureq::get(&url)
+                .config()
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
                 .call()
                 .unwrap()
                 .body_mut()

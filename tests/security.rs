@@ -16,6 +16,7 @@ fn call(
     let url = format!("{}{path}", p.base);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_global(Some(common::HTTP_TIMEOUT))
         .build()
         .into();
     let resp = if method == "POST" {

@@ -35,6 +35,8 @@ pub fn all_items(p: &Panoptes) -> Vec<Value> {
         let page = p.get(&path);
         all.extend(items(&page));
         match page["next_cursor"].as_str() {
+            // A cursor that does not move on would page forever.
+            Some(c) if cursor.as_deref() == Some(c) => panic!("{path} answers its own cursor"),
             Some(c) => cursor = Some(c.to_string()),
             None => return all,
         }

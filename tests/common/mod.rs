@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -35,6 +35,23 @@ pub fn fixtures() -> PathBuf {
     }
     dir
 }
+
+/// The HTTP client of the tests. Every call is bounded, so a server that accepts a
+/// connection and never answers fails the test (and shows the processes' last lines)
+/// instead of hanging the whole suite.
+pub fn http() -> &'static ureq::Agent {
+    static AGENT: LazyLock<ureq::Agent> = LazyLock::new(|| {
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(HTTP_TIMEOUT))
+            .build()
+            .into()
+    });
+    &AGENT
+}
+
+/// The longest any one HTTP call of a test may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
@@ -240,7 +257,7 @@ impl Panoptes {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("panoptes exited with {status}: {}", out.text());
             }
-            ureq::get(&health).call().ok().map(|_| ())
+            http().get(&health).call().ok().map(|_| ())
         });
     }
 
@@ -302,7 +319,8 @@ impl Panoptes {
 
     pub fn get(&self, path: &str) -> Value {
         let url = format!("{}{path}", self.base);
-        let mut resp = ureq::get(&url)
+        let mut resp = http()
+            .get(&url)
             .call()
             .unwrap_or_else(|e| panic!("GET {url}: {e}"));
         resp.body_mut().read_json().unwrap()
@@ -310,7 +328,8 @@ impl Panoptes {
 
     pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
         let url = format!("{}{path}", self.base);
-        match ureq::get(&url)
+        match http()
+            .get(&url)
             .config()
             .http_status_as_error(false)
             .build()

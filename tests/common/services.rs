@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use super::{Output, free_port, wait_for};
+use super::{Output, free_port, http, wait_for};
 
 /// Kills a server's process at once (SIGKILL, as a crash would) and reaps it.
 fn stop(child: &mut Option<Child>) {
@@ -162,13 +162,14 @@ impl MotoServer {
         self.output = output;
         let url = format!("{}/", self.url());
         wait_for(Duration::from_secs(30), "moto_server to answer", || {
-            ureq::get(&url).call().ok().map(|_| ())
+            http().get(&url).call().ok().map(|_| ())
         });
     }
 
     /// Creates a bucket (moto takes unsigned requests).
     pub fn create_bucket(&self, bucket: &str) {
-        ureq::put(&format!("{}/{bucket}", self.url()))
+        http()
+            .put(&format!("{}/{bucket}", self.url()))
             .send_empty()
             .unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
     }
@@ -176,7 +177,8 @@ impl MotoServer {
     /// Keys in a bucket under a prefix (first 1000).
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.url());
-        let xml = ureq::get(&url)
+        let xml = http()
+            .get(&url)
             .call()
             .and_then(|mut r| r.body_mut().read_to_string())
             .unwrap_or_default();
@@ -306,7 +308,7 @@ impl QdrantServer {
         self.output = output;
         let ready = format!("http://127.0.0.1:{http}/readyz");
         wait_for(Duration::from_secs(30), "qdrant to be ready", || {
-            ureq::get(&ready).call().ok().map(|_| ())
+            http().get(&ready).call().ok().map(|_| ())
         });
     }
 }
