@@ -308,7 +308,7 @@ impl QdrantServer {
         self.output = output;
         let ready = format!("http://127.0.0.1:{http}/readyz");
         wait_for(Duration::from_secs(30), "qdrant to be ready", || {
-            http().get(&ready).call().ok().map(|_| ())
+            super::http().get(&ready).call().ok().map(|_| ())
         });
     }
 }
