@@ -94,6 +94,52 @@ pub struct InferConfig {
     /// Speech recognition.
     #[serde(default)]
     pub speech: SpeechConfig,
+    /// The change gate: a sampled frame that shows nothing new against the camera's last
+    /// analysed one runs no model and extends that frame's insights instead.
+    #[serde(default)]
+    pub gate: GateConfig,
+}
+
+/// The change gate (`infer.gate`; see `src/media/gate.rs` for how pictures are compared).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Compare each sampled frame with the camera's last analysed one and run the models only
+    /// on change; `false` analyses every frame.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Grey levels (1-255) a pixel of the small grey picture must differ by, once the change
+    /// in overall brightness is taken out, to count as changed.
+    #[serde(default = "default_gate_threshold")]
+    pub threshold: u8,
+    /// Smallest changed region, as a share of the picture (0-1), that counts as change: the
+    /// default 0.005 is a person far off in a 1080p view.
+    #[serde(default = "default_gate_min_area")]
+    pub min_area: f32,
+    /// A frame is analysed at least this often whatever it shows (`0s`: never forced).
+    #[serde(default = "default_gate_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: default_gate_threshold(),
+            min_area: default_gate_min_area(),
+            refresh: default_gate_refresh(),
+        }
+    }
+}
+
+fn default_gate_threshold() -> u8 {
+    20
+}
+fn default_gate_min_area() -> f32 {
+    0.005
+}
+fn default_gate_refresh() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for InferConfig {
@@ -111,6 +157,7 @@ impl Default for InferConfig {
             detection: DetectionConfig::default(),
             ocr: OcrConfig::default(),
             speech: SpeechConfig::default(),
+            gate: GateConfig::default(),
         }
     }
 }

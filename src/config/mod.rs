@@ -27,7 +27,9 @@ pub use bus::{BusConfig, BusKind};
 pub use cameras::{CameraConfig, Transport};
 pub use edge::{ClusterConfig, EdgeConfig};
 pub use env::substitute;
-pub use infer::{DetectionConfig, InferConfig, ModelsConfig, OcrConfig, Provider, SpeechConfig};
+pub use infer::{
+    DetectionConfig, GateConfig, InferConfig, ModelsConfig, OcrConfig, Provider, SpeechConfig,
+};
 pub use load::{ConfigError, ConfigErrors, load, load_str};
 pub use log::{LogConfig, LogFormat};
 pub use media::{MediaConfig, MediaProfile, RecordingConfig, SamplingConfig};

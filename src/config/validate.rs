@@ -202,6 +202,20 @@ pub(super) fn validate(config: &Config, cameras: &[Option<CameraConfig>]) -> Vec
             push(&mut errors, name.into(), "must be between 0 and 1");
         }
     }
+    if !(inf.gate.min_area > 0.0 && inf.gate.min_area < 1.0) {
+        push(
+            &mut errors,
+            "infer.gate.min_area".into(),
+            "must be a share of the picture above 0 and below 1 (0.005 is half a percent)",
+        );
+    }
+    if inf.gate.threshold == 0 {
+        push(
+            &mut errors,
+            "infer.gate.threshold".into(),
+            "must be at least 1 (grey levels of 255); set infer.gate.enabled = false to analyse every frame",
+        );
+    }
     if inf
         .speech
         .min_window

@@ -135,6 +135,30 @@ fn follow(
     (out, fresh)
 }
 
+/// A frame the change gate found unchanged: what the camera's last analysed frame found is
+/// still there, so those insights last until this frame (a parked car stays one insight
+/// for hours). Returns the insights extended; a frame older than the latest one followed
+/// extends nothing.
+pub(super) fn still_there(
+    track: &mut Track,
+    at: DateTime<Utc>,
+    continue_within: Duration,
+) -> Vec<Insight> {
+    if track.last.is_some_and(|last| at < last) {
+        return Vec::new();
+    }
+    track.last = Some(at);
+    let mut out = Vec::new();
+    for i in track.objects.iter_mut().chain(track.texts.values_mut()) {
+        let last = i.ts_end.unwrap_or(i.ts);
+        if (at - last).to_std().is_ok_and(|d| d <= continue_within) {
+            i.ts_end = Some(at);
+            out.push(i.clone());
+        }
+    }
+    out
+}
+
 impl FrameIn {
     /// A new insight found in this frame, with neither label nor text yet.
     fn insight(
@@ -262,6 +286,46 @@ mod tests {
         let (fourth, _) = follow(&mut track, &frame(30), vec![], vec![sign()], "yolo", within);
         assert_ne!(fourth[0].id, first[1].id);
         assert_eq!(fourth[0].ts_end, None);
+    }
+
+    #[test]
+    fn an_unchanged_frame_extends_what_the_last_analysed_one_found() {
+        let mut track = Track::default();
+        let within = Duration::from_secs(30);
+        let (first, _) = follow_camera(
+            &mut track,
+            &frame(0),
+            vec![person(0.1)],
+            vec![sign()],
+            "yolo",
+            within,
+        );
+        // Unchanged samples every 10 s for a minute: the same two insights, lasting.
+        for at in [10, 20, 30, 40, 50, 60] {
+            let still = still_there(&mut track, frame(at).at, within);
+            assert_eq!(still.len(), 2);
+            assert_eq!(
+                still.iter().map(|i| i.id).collect::<Vec<_>>(),
+                first.iter().map(|i| i.id).collect::<Vec<_>>()
+            );
+            assert!(still.iter().all(|i| i.ts_end == Some(frame(at).at)));
+        }
+        // A late frame extends nothing and does not move the track back.
+        assert!(still_there(&mut track, frame(5).at, within).is_empty());
+        assert_eq!(track.last, Some(frame(60).at));
+        // The next analysed frame still continues them.
+        let (next, fresh) = follow_camera(
+            &mut track,
+            &frame(70),
+            vec![person(0.1)],
+            vec![sign()],
+            "yolo",
+            within,
+        );
+        assert!(!fresh);
+        assert_eq!(next[0].id, first[0].id);
+        // After a gap longer than `within`, nothing is extended any more.
+        assert!(still_there(&mut track, frame(200).at, within).is_empty());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The infer worker: sampled frames and audio from the bus in, insights out.
 //!
 //! Frames are pulled in batches across cameras (up to `infer.batch`, or whatever arrived
-//! within `infer.batch_wait`), run through detection and OCR, and each is acknowledged only
+//! within `infer.batch_wait`), passed through each camera's change gate (`infer.gate`: a
+//! frame that shows nothing new runs no model and extends the insights of the camera's last
+//! analysed frame), run through detection and OCR, and each is acknowledged only
 //! after its insights are stored, so a crash means redelivery, never loss; ids are derived
 //! from the capture, so redelivery overwrites. The same object in the same place, or the
 //! same text, on consecutive samples of a camera extends one insight (`ts` .. `ts_end`)
@@ -23,10 +25,11 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::speech::{VAD_WINDOW, VadStream};
-use super::tracks::{FrameIn, Track, follow_camera};
+use super::tracks::{FrameIn, Track, follow_camera, still_there};
 use super::{Models, decode_image};
 use crate::bus::{Bus, StreamKind};
 use crate::config::InferConfig;
+use crate::media::gate::{ChangeGate, GateSettings};
 use crate::store::insights::{Insight, InsightStore, Kind, insight_id};
 use crate::store::objects::ObjectStore;
 
@@ -48,6 +51,9 @@ pub struct Worker {
     /// Gap after which a finding no longer continues (a few sample intervals).
     continue_within: Duration,
     tracks: Mutex<HashMap<String, Track>>,
+    /// The change gate's settings (`None`: every frame is analysed) and each camera's gate.
+    gate: Option<GateSettings>,
+    gates: Mutex<HashMap<String, ChangeGate>>,
     audio: Mutex<HashMap<String, PendingAudio>>,
 }
 
@@ -111,6 +117,12 @@ impl Worker {
             max_frame_age: Some(config.max_frame_age).filter(|d| !d.is_zero()),
             continue_within: (sample_interval * 3).max(Duration::from_secs(5)),
             tracks: Mutex::new(HashMap::new()),
+            gate: config.gate.enabled.then_some(GateSettings {
+                threshold: config.gate.threshold,
+                min_area: config.gate.min_area,
+                refresh: config.gate.refresh,
+            }),
+            gates: Mutex::new(HashMap::new()),
             audio: Mutex::new(HashMap::new()),
         })
     }
@@ -299,9 +311,36 @@ impl Worker {
     fn process_frames(&self, frames: Vec<FrameIn>) -> Result<Vec<Insight>, String> {
         let mut images = Vec::with_capacity(frames.len());
         let mut kept = Vec::with_capacity(frames.len());
+        let mut unchanged = Vec::new();
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         for f in &frames {
             match decode_image(&f.jpeg) {
                 Ok(img) => {
+                    if let Some(settings) = self.gate {
+                        let gate = gates
+                            .entry(f.camera.clone())
+                            .or_insert_with(|| ChangeGate::new(settings));
+                        let change = gate.look(
+                            img.as_raw(),
+                            img.width() as usize,
+                            img.height() as usize,
+                            f.at.timestamp_millis(),
+                        );
+                        metrics::histogram!("panoptes_infer_change_score")
+                            .record(f64::from(change.score));
+                        metrics::counter!(
+                            "panoptes_infer_gate_total",
+                            "camera" => f.camera.clone(),
+                            "verdict" => change.verdict.as_str()
+                        )
+                        .increment(1);
+                        if !change.verdict.analyse() {
+                            metrics::counter!("panoptes_infer_gated_total", "camera" => f.camera.clone())
+                                .increment(1);
+                            unchanged.push(f);
+                            continue;
+                        }
+                    }
                     images.push(img);
                     kept.push(f);
                 }
@@ -313,21 +352,27 @@ impl Worker {
             }
         }
         let refs: Vec<&super::RgbImage> = images.iter().collect();
+        // A batch the gate emptied runs no model at all.
         let objects = match &self.models.detector {
-            Some(d) => d.detect(&refs).map_err(|e| e.to_string())?,
-            None => vec![Vec::new(); refs.len()],
+            Some(d) if !refs.is_empty() => d.detect(&refs).map_err(|e| e.to_string())?,
+            _ => vec![Vec::new(); refs.len()],
         };
         let texts = match &self.models.ocr {
-            Some(o) => o.read(&refs).map_err(|e| e.to_string())?,
-            None => vec![Vec::new(); refs.len()],
+            Some(o) if !refs.is_empty() => o.read(&refs).map_err(|e| e.to_string())?,
+            _ => vec![Vec::new(); refs.len()],
         };
         let detector = self
             .models
             .detector
             .as_ref()
             .map_or("", |d| d.name.as_str());
+        drop(gates);
         let mut written = Vec::new();
         let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        for frame in unchanged {
+            let track = tracks.entry(frame.camera.clone()).or_default();
+            written.extend(still_there(track, frame.at, self.continue_within));
+        }
         for ((frame, objects), texts) in kept.into_iter().zip(objects).zip(texts) {
             let track = tracks.entry(frame.camera.clone()).or_default();
             let (found, fresh) =

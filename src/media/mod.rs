@@ -7,9 +7,11 @@
 //!   bounded queue; when it is full the oldest job is dropped and counted, so camera tasks
 //!   never block.
 //! - [`audio`]: AAC to 16 kHz mono PCM chunks, per camera, without a thread.
+//! - [`gate`]: whether a sampled picture changed against the camera's last analysed one.
 //! - [`mp4`]: the clip writer the recorder uses.
 
 pub mod audio;
+pub mod gate;
 pub mod mp4;
 pub mod sampler;
 
