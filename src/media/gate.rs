@@ -269,7 +269,7 @@ fn regions(mask: &[bool], w: usize, h: usize) -> Vec<(usize, BBox)> {
         };
         out.push((n, bbox));
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|r| std::cmp::Reverse(r.0));
     out
 }
 
